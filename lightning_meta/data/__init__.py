@@ -1,0 +1,18 @@
+"""Episodic data: task families, datasets and the datamodule that turns them into meta-batches."""
+
+from lightning_meta.data.datamodule import EpisodicDataModule
+from lightning_meta.data.sampler import EpisodeDataset, EpisodeLoader, EpisodeSampler, episode_generator, episode_seed
+from lightning_meta.data.sinusoid import Sinusoid
+from lightning_meta.data.tasks import LabelledTasks, TaskFamily
+
+__all__ = [
+    "EpisodeDataset",
+    "EpisodeLoader",
+    "EpisodeSampler",
+    "EpisodicDataModule",
+    "LabelledTasks",
+    "Sinusoid",
+    "TaskFamily",
+    "episode_generator",
+    "episode_seed",
+]
