@@ -122,16 +122,21 @@ class LabelledTasks:
         return f"label {label}"
 
     def validate(self, *, ways: int, shots: int, queries: int, split: str) -> None:
-        """Raise ``ValueError`` if ``ways``-way tasks with ``shots + queries`` examples per class cannot be drawn."""
+        """Raise ``ValueError`` if ``ways``-way tasks with ``shots + queries`` examples per class cannot be drawn.
+
+        The message names the datamodule's settings: ``ways``/``shots``/``queries`` for the train split and
+        ``eval_ways``/``eval_shots``/``eval_queries`` for the others.
+        """
+        p = "" if split == "train" else "eval_"
         if ways > self.n_classes:
             raise ValueError(
-                f"ways={ways} exceeds the number of classes in the {split} split ({self.n_classes} classes)."
+                f"{p}ways={ways} exceeds the number of classes in the {split} split ({self.n_classes} classes)."
             )
         need = shots + queries
         smallest = int(torch.argmin(self.counts))
         if need > int(self.counts[smallest]):
             raise ValueError(
-                f"shots + queries = {shots} + {queries} = {need} exceeds the {int(self.counts[smallest])} examples "
+                f"{p}shots + {p}queries = {shots} + {queries} = {need} exceeds the {int(self.counts[smallest])} examples "
                 f"of class {self.class_name(smallest)} in the {split} split; every class must hold at least {need}."
             )
 

@@ -1,0 +1,159 @@
+"""MetaLearner: the LightningModule every method builds on."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+from typing_extensions import override
+
+from lightning_meta.episode import Episode
+from lightning_meta.metrics import EpisodeAccuracy
+
+# Learners keep their backbone in their hyperparameters on purpose, so that ``load_from_checkpoint(path)`` rebuilds
+# the learner without being handed the backbone again; Lightning's advice to ignore modules does not apply here.
+warnings.filterwarnings("ignore", message=r"Attribute '.*' is an instance of `nn.Module`", category=UserWarning)
+
+
+def _detach_from_inference(t: Tensor) -> Tensor:
+    """A tensor made under ``torch.inference_mode`` cannot be saved for backward: copy it out."""
+    return t.clone() if t.is_inference() else t
+
+
+class MetaLearner(L.LightningModule):
+    """Base of all meta-learners: owns the training, validation and test steps over meta-batches.
+
+    A method overrides :meth:`adapt` (turn the support set of every task into a task state: adapted weights,
+    prototypes, a closed-form head, ...) and :meth:`predict` (query predictions from that state), plus
+    ``__init__``. Both work on a whole meta-batch (an :class:`~lightning_meta.Episode` with ``batched=True``);
+    :meth:`predict` returns ``[n_tasks, n_query, ways]`` logits for classification or
+    ``[n_tasks, n_query, *target_shape]`` predictions for regression. Methods whose meta-loss is not simply the
+    query loss of those predictions (MAML++'s multi-step loss, Reptile) override :meth:`meta_loss` instead.
+
+    The meta-loss, the mean query loss over the tasks, is returned from ``training_step``, so automatic
+    optimization, mixed precision, gradient clipping, accumulation and DDP's gradient all-reduce work unchanged.
+
+    Evaluation with gradients: Lightning validates and tests under ``torch.inference_mode``, where no inner loop
+    can take a gradient. Learners that set ``adapts_with_gradients = True`` are evaluated inside
+    ``torch.inference_mode(False)`` with gradients enabled, on copies of the batch made outside inference mode;
+    the results are detached at once, so no graph outlives the step. This works under the default ``Trainer()``.
+
+    Logged values (``stage`` is ``train``, ``val`` or ``test``): ``{stage}/loss``, and ``{stage}/acc`` with, for
+    validation and test, ``{stage}/acc_ci95`` (the 95% confidence interval over episodes) for classification, or
+    ``{stage}/mse`` for regression.
+
+    Args:
+        lr: learning rate of the outer (meta) optimizer, Adam.
+    """
+
+    #: Whether :meth:`adapt` needs autograd (gradient-based methods); evaluation then runs with gradients enabled.
+    adapts_with_gradients: bool = False
+
+    def __init__(self, *, lr: float = 1e-3) -> None:
+        super().__init__()
+        if not lr > 0:
+            raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr!r}.")
+        self.lr = lr
+        self.val_accuracy = EpisodeAccuracy()
+        self.test_accuracy = EpisodeAccuracy()
+        self.val_mse = MeanMetric()
+        self.test_mse = MeanMetric()
+
+    # ----------------------------------------------------------------------------------------------- method API
+    def adapt(self, support: Episode) -> Any:
+        """Adapt to the support set of every task of a meta-batch; returns the task states.
+
+        Only ``support_x`` and ``support_y`` may be read (the query fields are there, but looking at them is
+        cheating).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement adapt(support)")
+
+    def predict(self, query_x: Tensor, state: Any) -> Tensor:
+        """Predictions for the query inputs ``[n_tasks, n_query, ...]`` of every task from its state."""
+        raise NotImplementedError(f"{type(self).__name__} must implement predict(query_x, state)")
+
+    def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """The meta-loss of a meta-batch and the query predictions it was computed from."""
+        predictions = self.predict(episode.query_x, self.adapt(episode))
+        return self.query_loss(predictions, episode), predictions
+
+    def query_loss(self, predictions: Tensor, episode: Episode) -> Tensor:
+        """Mean query loss over tasks: cross-entropy for classification, mean squared error for regression."""
+        if episode.is_classification:
+            return F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), episode.query_y.reshape(-1))
+        return F.mse_loss(predictions, episode.query_y)
+
+    @override
+    def forward(self, episode: Episode) -> Tensor:
+        """Adapt to each task's support set and predict its query set."""
+        return self.predict(episode.query_x, self.adapt(episode))
+
+    # ----------------------------------------------------------------------------------------------- steps
+    @override
+    def training_step(self, batch: Episode, batch_idx: int) -> Tensor:
+        loss, predictions = self.meta_loss(batch)
+        n = batch.n_tasks
+        self.log("train/loss", loss, batch_size=n, prog_bar=True)
+        if batch.is_classification:
+            accuracy = (predictions.detach().argmax(-1) == batch.query_y).float().mean()
+            self.log("train/acc", accuracy, batch_size=n, prog_bar=True)
+        return loss
+
+    @override
+    def validation_step(self, batch: Episode, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    @override
+    def test_step(self, batch: Episode, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    @override
+    def predict_step(self, batch: Episode, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        return self._eval_forward(batch)[1]
+
+    def _eval_forward(self, batch: Episode) -> tuple[Tensor, Tensor]:
+        if not self.adapts_with_gradients:
+            return self.meta_loss(batch)
+        with torch.inference_mode(False), torch.enable_grad():
+            batch = batch._apply(_detach_from_inference)
+            loss, predictions = self.meta_loss(batch)
+        return loss.detach(), predictions.detach()
+
+    def _evaluate(self, batch: Episode, stage: str) -> None:
+        loss, predictions = self._eval_forward(batch)
+        n = batch.n_tasks
+        self.log(f"{stage}/loss", loss, batch_size=n, sync_dist=True)
+        if batch.is_classification:
+            getattr(self, f"{stage}_accuracy").update(predictions, batch.query_y)
+        else:
+            mse = (predictions - batch.query_y).pow(2).flatten(1).mean(1)
+            getattr(self, f"{stage}_mse").update(mse)
+
+    def _log_episode_metrics(self, stage: str) -> None:
+        accuracy: EpisodeAccuracy = getattr(self, f"{stage}_accuracy")
+        mse: MeanMetric = getattr(self, f"{stage}_mse")
+        if accuracy.update_count:
+            result = accuracy.compute()
+            self.log(f"{stage}/acc", result.mean, sync_dist=False, rank_zero_only=False)
+            self.log(f"{stage}/acc_ci95", result.ci95, sync_dist=False, rank_zero_only=False)
+        if mse.update_count:
+            self.log(f"{stage}/mse", mse.compute())
+        accuracy.reset()
+        mse.reset()
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self._log_episode_metrics("val")
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._log_episode_metrics("test")
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
