@@ -1,6 +1,8 @@
 """Episodic data: task families, datasets and the datamodule that turns them into meta-batches."""
 
 from lightning_meta.data.datamodule import EpisodicDataModule
+from lightning_meta.data.miniimagenet import MiniImageNet
+from lightning_meta.data.omniglot import Omniglot
 from lightning_meta.data.sampler import EpisodeDataset, EpisodeLoader, EpisodeSampler, episode_generator, episode_seed
 from lightning_meta.data.sinusoid import Sinusoid
 from lightning_meta.data.tasks import LabelledTasks, TaskFamily
@@ -11,6 +13,8 @@ __all__ = [
     "EpisodeSampler",
     "EpisodicDataModule",
     "LabelledTasks",
+    "MiniImageNet",
+    "Omniglot",
     "Sinusoid",
     "TaskFamily",
     "episode_generator",

@@ -29,13 +29,16 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from torch import Tensor
 
 #: Environment variable naming the cache folder used when the data folder is not writable.
 CACHE_ENV = "LIGHTNING_META_CACHE"
@@ -122,6 +125,36 @@ def download_file(url: str, destination: str | Path, *, md5: str, timeout: float
     return destination
 
 
+def decode_all(
+    items: Iterable[Any], decode: Callable[[Any], np.ndarray], shape: tuple[int, ...], total: int, description: str
+) -> Tensor:
+    """Decode ``total`` items into one uint8 tensor ``[total, *shape]``, with a progress bar.
+
+    PIL releases the GIL while it decodes and resizes, so a few threads share the work.
+
+    Args:
+        items: what ``decode`` takes (file bytes, paths, arrays), in order.
+        decode: turns one item into a uint8 array of ``shape``.
+        shape: the shape of one decoded item.
+        total: the number of items.
+        description: the progress bar's label.
+    """
+    out = np.empty((total, *shape), dtype=np.uint8)
+    workers = max(1, min(4, os.cpu_count() or 1))
+    with Progress(transient=True) as progress, ThreadPoolExecutor(workers) as pool:
+        task = progress.add_task(description, total=total)
+        count = 0
+        for i, array in enumerate(pool.map(decode, items, chunksize=64)):
+            out[i] = array
+            count = i + 1
+            if count % 512 == 0:
+                progress.update(task, completed=count)
+        progress.update(task, completed=count)
+    if count != total:
+        raise ValueError(f"{description}: expected {total} items, got {count}.")
+    return torch.from_numpy(out)
+
+
 def _writable(folder: Path) -> bool:
     """Whether files may be created in ``folder``; a folder without any write bit in its mode counts as read-only."""
     try:
@@ -138,13 +171,21 @@ def default_cache_dir() -> Path:
 
 
 def cache_path(name: str, key: Mapping[str, Any], folder: str | Path) -> Path:
-    """The cache file for ``name`` and ``key`` in ``folder`` (the key's digest is part of the file name)."""
-    digest = hashlib.blake2b(_key_text(name, key).encode(), digest_size=8).hexdigest()
-    return Path(folder) / f"{name}-{digest}.pt"
+    """The cache file for ``name`` and ``key`` in ``folder`` (the key's digest is part of the file name).
+
+    Example:
+        >>> path = cache_path("omniglot-images_background-28px", {"image_size": 28}, "/tmp")
+        >>> path.parent.as_posix(), path.name.startswith("omniglot-images_background-28px-"), path.suffix
+        ('/tmp', True, '.pt')
+        >>> path == cache_path("omniglot-images_background-28px", {"image_size": 32}, "/tmp")
+        False
+    """
+    return Path(folder) / f"{name}-{_key_digest(name, key)[:16]}.pt"
 
 
-def _key_text(name: str, key: Mapping[str, Any]) -> str:
-    return json.dumps({"format": _CACHE_FORMAT, "name": name, **key}, sort_keys=True)
+def _key_digest(name: str, key: Mapping[str, Any]) -> str:
+    text = json.dumps({"format": _CACHE_FORMAT, "name": name, **key}, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=32).hexdigest()
 
 
 def load_or_build(
@@ -169,11 +210,11 @@ def load_or_build(
     """
     data_dir = Path(data_dir)
     fallback = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    text = _key_text(name, key)
+    digest = _key_digest(name, key)
     for folder in dict.fromkeys([data_dir, fallback]):
         path = cache_path(name, key, folder)
         if path.is_file():
-            cached = _load(path, text)
+            cached = _load(path, digest)
             if cached is not None:
                 return cached
     content = build()
@@ -182,22 +223,24 @@ def load_or_build(
         if folder is data_dir and not _writable(folder):
             continue
         try:
-            _save({**content, "cache_key": text}, cache_path(name, key, folder))
+            _save({**content, "cache_key": digest}, cache_path(name, key, folder))
             break
         except OSError:
             continue
     else:
-        rank_zero_warn(f"Could not write the {name} cache in any of {[str(t) for t in targets]}; it is rebuilt next time.")
+        rank_zero_warn(
+            f"Could not write the {name} cache in any of {[str(t) for t in targets]}; it is rebuilt next time."
+        )
     return content
 
 
-def _load(path: Path, text: str) -> dict[str, Any] | None:
+def _load(path: Path, digest: str) -> dict[str, Any] | None:
     try:
         cached = torch.load(path, weights_only=True, mmap=True)
     except Exception as err:  # a truncated or foreign file: rebuild it
         rank_zero_warn(f"Ignoring the unreadable cache file {path} ({err}); it is rebuilt.")
         return None
-    if not isinstance(cached, dict) or cached.pop("cache_key", None) != text:
+    if not isinstance(cached, dict) or cached.pop("cache_key", None) != digest:
         return None
     return cached
 

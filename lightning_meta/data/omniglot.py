@@ -8,12 +8,11 @@ opposite), as float tensors ``[1, S, S]`` in ``[0, 1]``.
 
 from __future__ import annotations
 
+import functools
 import io
-import os
 import re
 import zipfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -21,11 +20,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 from PIL import Image
-from rich.progress import Progress
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lightning_meta.data.download import download_file, load_or_build, md5sum
+from lightning_meta.data.download import decode_all, download_file, load_or_build, md5sum
 
 #: The two official image sets: (alphabets, characters); every character has 20 drawings.
 OMNIGLOT_SETS: dict[str, tuple[int, int]] = {"images_background": (30, 964), "images_evaluation": (20, 659)}
@@ -74,8 +72,8 @@ def load_omniglot_images(
     Args:
         source: a ``.zip`` file or a folder.
         image_size: side of the square images after the LANCZOS resize.
-        cache_dir: where to keep the decoded tensor if the source's folder is not writable (see
-            :func:`~lightning_meta.data.download.load_or_build`).
+        cache_dir: where to keep the decoded tensor; by default beside ``source`` when its folder is writable, else
+            ``$LIGHTNING_META_CACHE`` or ``~/.cache/lightning_meta`` (see :mod:`lightning_meta.data.download`).
 
     Returns:
         The drawings and their characters.
@@ -118,7 +116,13 @@ def load_omniglot_images(
         entries, blobs = entries_and_blobs()
         if not entries:
             raise ValueError(f"{source} holds no <Alphabet>/characterNN/*.png drawings; is it an Omniglot image set?")
-        images = _decode_all(blobs, len(entries), image_size, f"Decoding Omniglot {set_name} ({image_size}px)")
+        images = decode_all(
+            blobs,
+            functools.partial(_decode_one, size=image_size),
+            (image_size, image_size),
+            len(entries),
+            f"Decoding Omniglot {set_name} ({image_size}px)",
+        )
         names = [f"{alphabet}/{character}" for alphabet, character, _ in entries]
         characters = sorted(set(names))
         position = {name: i for i, name in enumerate(characters)}
@@ -149,19 +153,6 @@ def _decode_one(data: bytes, size: int) -> np.ndarray:
     return 255 - np.asarray(grey, dtype=np.uint8)
 
 
-def _decode_all(blobs: Iterator[bytes], total: int, size: int, description: str) -> Tensor:
-    """Decode PNG bytes to ink-is-255 uint8 arrays; PIL releases the GIL, so threads share the work."""
-    out = np.empty((total, size, size), dtype=np.uint8)
-    workers = max(1, min(4, os.cpu_count() or 1))
-    with Progress(transient=True) as progress, ThreadPoolExecutor(workers) as pool:
-        task = progress.add_task(description, total=total)
-        for i, array in enumerate(pool.map(_decode_one, blobs, [size] * total, chunksize=256)):
-            out[i] = array
-            if i % 512 == 511 or i == total - 1:
-                progress.update(task, completed=i + 1)
-    return torch.from_numpy(out)
-
-
 class Omniglot(Dataset):
     """Omniglot characters as a labelled dataset of ``(image, class)`` for few-shot episodes.
 
@@ -181,7 +172,8 @@ class Omniglot(Dataset):
     Inputs are float ``[1, S, S]`` in ``[0, 1]`` with ink 1 and paper 0. A class ``rotDDD`` holds its character's
     drawings rotated counter-clockwise by ``DDD`` degrees (as PIL's ``Image.rotate`` and ``torch.rot90`` turn
     them). The examples of a class are its character's 20 drawings in file-name order; ``labels[i]`` indexes
-    ``classes``, which are in split-file order (Vinyals) or sorted by character, then rotation (background).
+    ``classes``, which are in split-file order (Vinyals) or sorted by character, then rotation (background; named
+    ``Alphabet/characterNN`` without ``/rotDDD`` when ``rotations=False``).
 
     Args:
         root: folder holding the files above.
@@ -191,8 +183,8 @@ class Omniglot(Dataset):
         image_size: side of the square inputs (28 is the standard).
         rotations: count each 90-degree rotation of a character as its own class.
         download: fetch missing files from :attr:`URLS` (verified against :attr:`MD5`) into ``root``.
-        cache_dir: where to keep decoded images when ``root`` is not writable; default ``$LIGHTNING_META_CACHE`` or
-            ``~/.cache/lightning_meta``.
+        cache_dir: where to keep the decoded images; by default beside the zips when ``root`` is writable, else
+            ``$LIGHTNING_META_CACHE`` or ``~/.cache/lightning_meta``.
 
     Raises:
         ValueError: an unknown protocol or split, a bad ``image_size``, or a local copy with the wrong number of
@@ -221,6 +213,10 @@ class Omniglot(Dataset):
         "splits/vinyals/trainval.txt": "888433268015439fd05fb6e9006ead50",
     }
 
+    #: Rotate every example once at construction when that takes at most this many bytes (one uint8 image per
+    #: example), instead of rotating in every :meth:`gather_inputs` call.
+    MAX_ROTATED_BYTES: ClassVar[int] = 256 * 2**20
+
     def __init__(
         self,
         root: str | Path,
@@ -248,13 +244,24 @@ class Omniglot(Dataset):
         else:
             set_names = ["images_background" if split == "train" else "images_evaluation"]
         split_file = f"splits/vinyals/{split}.txt" if protocol == "vinyals" else None
-        sources = [self._source(name, download) for name in set_names]
+        found = {name: self._find(name) for name in set_names}
+        missing = [f"{name}.zip" for name, source in found.items() if source is None]
         if split_file is not None and not (self.root / split_file).is_file():
-            self._fetch_or_fail(split_file, download, "the Vinyals split list")
+            missing.append(split_file)
+        if missing and not download:
+            raise FileNotFoundError(
+                f"Omniglot ({protocol} protocol, split {split!r}) is missing {', '.join(missing)} under {self.root}. "
+                "Expected layout under root: images_background.zip and images_evaluation.zip (or "
+                "their extracted folders images_background/<Alphabet>/characterNN/*.png), and for the Vinyals "
+                "protocol splits/vinyals/<split>.txt. Pass download=True to fetch the official files."
+            )
+        for relative in missing:
+            download_file(self.URLS[relative], self.root / relative, md5=self.MD5[relative])
+        sources = {name: source or self.root / f"{name}.zip" for name, source in found.items()}
 
-        sets = [load_omniglot_images(source, image_size=image_size, cache_dir=cache_dir) for source in sources]
-        for name, source, images in zip(set_names, sources, sets, strict=True):
-            _check_counts(name, source, images)
+        sets = [load_omniglot_images(source, image_size=image_size, cache_dir=cache_dir) for source in sources.values()]
+        for (name, source), decoded in zip(sources.items(), sets, strict=True):
+            _check_counts(name, source, decoded)
         images = torch.cat([s.images for s in sets])
         characters = [name for s in sets for name in s.characters]
         character = torch.cat([s.character + sum(len(t.characters) for t in sets[:i]) for i, s in enumerate(sets)])
@@ -280,29 +287,19 @@ class Omniglot(Dataset):
         self.classes = [
             f"{characters[c]}/rot{90 * k:03d}" if rotations or split_file else characters[c] for c, k in classes
         ]
-        size = image_size
-        self._pixels = images.reshape(len(images), size * size)
-        grid = torch.arange(size * size).reshape(size, size)
-        # Pixel permutation of each counter-clockwise quarter turn: gathering through it rotates the image.
-        self._turn_index = torch.stack([torch.rot90(grid, k, dims=(0, 1)).reshape(-1) for k in range(4)])
+        self._images = images
+        self._rotated = bool(self._turns.any())
+        if self._rotated and len(self.labels) * image_size**2 <= self.MAX_ROTATED_BYTES:
+            # Rotate once: one uint8 row per example (64 MB for the Vinyals train split at 28px) makes every
+            # gather a single index_select, several times faster than rotating inside each episode.
+            self._images = self._rotate(self._images.index_select(0, self._image), self._turns)
+            self._image = torch.arange(len(self.labels))
+            self._rotated = False
 
-    def _source(self, name: str, download: bool) -> Path:
+    def _find(self, name: str) -> Path | None:
+        """The zip of an image set, else its extracted folder, else ``None``."""
         archive, folder = self.root / f"{name}.zip", self.root / name
-        if archive.is_file():
-            return archive
-        if folder.is_dir():
-            return folder
-        return self._fetch_or_fail(f"{name}.zip", download, f"the {name} image set (or its extracted folder {name}/)")
-
-    def _fetch_or_fail(self, relative: str, download: bool, what: str) -> Path:
-        if not download:
-            raise FileNotFoundError(
-                f"Omniglot ({self.protocol} protocol, split {self.split!r}) needs {what} at {self.root / relative}, "
-                f"which is missing. Expected layout under root: images_background.zip and images_evaluation.zip (or "
-                "their extracted folders images_background/<Alphabet>/characterNN/*.png), and for the Vinyals "
-                "protocol splits/vinyals/<split>.txt. Pass download=True to fetch the official files."
-            )
-        return download_file(self.URLS[relative], self.root / relative, md5=self.MD5[relative])
+        return archive if archive.is_file() else folder if folder.is_dir() else None
 
     @staticmethod
     def _read_split(path: Path, characters: list[str]) -> list[tuple[int, int]]:
@@ -328,16 +325,30 @@ class Omniglot(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"Omniglot index {index} out of range for {len(self)} examples.")
+        index %= len(self)
         return self.gather_inputs(torch.tensor([index]))[0], int(self.labels[index])
 
     def gather_inputs(self, index: Tensor) -> Tensor:
         """Stacked inputs ``[len(index), 1, S, S]`` (float, ink 1) of the examples ``index``, rotated as their class.
 
-        One gather does it all: each example's pixels are read through the permutation of its quarter turn.
+        The drawings are gathered in one indexing operation; rotated classes are turned with ``torch.rot90`` once at
+        construction when one uint8 image per example fits in :attr:`MAX_ROTATED_BYTES`, otherwise here, one
+        ``torch.rot90`` call per quarter turn present in ``index``.
         """
         index = torch.as_tensor(index, dtype=torch.long)
-        pixels = self._pixels[self._image[index].unsqueeze(1), self._turn_index[self._turns[index]]]
-        return pixels.view(-1, 1, self.image_size, self.image_size).float().div_(255)
+        images = self._images.index_select(0, self._image[index])  # a fresh [n, S, S] uint8 copy
+        if self._rotated:
+            images = self._rotate(images, self._turns[index])
+        return images.unsqueeze(1).float().div_(255)
+
+    @staticmethod
+    def _rotate(images: Tensor, turns: Tensor) -> Tensor:
+        """Turn ``images[i]`` (a fresh ``[n, S, S]`` tensor, changed in place) by ``turns[i]`` quarter turns."""
+        for k in (1, 2, 3):
+            rows = torch.nonzero(turns == k).squeeze(1)
+            if rows.numel():
+                images[rows] = torch.rot90(images[rows], k, dims=(1, 2))
+        return images
 
     def __repr__(self) -> str:
         return (
@@ -349,8 +360,10 @@ class Omniglot(Dataset):
 def _check_counts(name: str, source: Path, images: OmniglotImages) -> None:
     alphabets, characters = OMNIGLOT_SETS[name]
     drawings = images.drawings_per_character()
-    if images.n_alphabets == alphabets and len(images.characters) == characters and bool(
-        (drawings == DRAWINGS_PER_CHARACTER).all()
+    if (
+        images.n_alphabets == alphabets
+        and len(images.characters) == characters
+        and bool((drawings == DRAWINGS_PER_CHARACTER).all())
     ):
         return
     odd = [f"{images.characters[i]} ({int(drawings[i])})" for i in torch.nonzero(drawings != 20).flatten()[:3]]

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters, _given_hyperparameters_context
+from lightning.pytorch.utilities.parsing import collect_init_args
+from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from lightning_meta.episode import Episode
 from lightning_meta.metrics import EpisodeAccuracy
 
-# Learners keep their backbone in their hyperparameters on purpose, so that ``load_from_checkpoint(path)`` rebuilds
-# the learner without being handed the backbone again; Lightning's advice to ignore modules does not apply here.
+# A backbone without ``init_config`` is kept in the hyperparameters as a module on purpose, so that
+# ``load_from_checkpoint(path)`` rebuilds the learner without being handed it again; Lightning's advice does not apply.
 warnings.filterwarnings("ignore", message=r"Attribute '.*' is an instance of `nn.Module`", category=UserWarning)
+
+#: What LightningCLI itself uses to rebuild a module from a config at ``load_from_checkpoint``.
+_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
 
 def _detach_from_inference(t: Tensor) -> Tensor:
@@ -63,6 +69,31 @@ class MetaLearner(L.LightningModule):
         self.test_accuracy = EpisodeAccuracy()
         self.val_mse = MeanMetric()
         self.test_mse = MeanMetric()
+
+    def save_learner_hyperparameters(self) -> None:
+        """Save the ``__init__`` arguments so that ``Learner.load_from_checkpoint(path)`` alone rebuilds the learner.
+
+        Call it at the end of a learner's ``__init__`` instead of ``save_hyperparameters()``. A backbone with an
+        ``init_config`` (every backbone of :mod:`lightning_meta.models`, or any decorated with
+        :func:`~lightning_meta.models.records_config`) is saved as that config, as LightningCLI does, so the
+        checkpoint loads with PyTorch's safe ``weights_only`` loading, in a process that has not imported the
+        training code. Any other module is saved pickled; load such a checkpoint, when you trust it, with
+        ``load_from_checkpoint(path, weights_only=False)``.
+        """
+        frame = inspect.currentframe().f_back  # type: ignore[union-attr]
+        if _given_hyperparameters.get() is not None:  # LightningCLI built this learner and gave its config
+            self.save_hyperparameters()
+            return
+        init_args: dict[str, Any] = {}
+        for args in collect_init_args(frame, []):
+            init_args.update(args)
+        modules = {k: v for k, v in init_args.items() if isinstance(v, nn.Module)}
+        if any(getattr(m, "init_config", None) is None for m in modules.values()):
+            self.save_hyperparameters(frame=frame)
+            return
+        config = {k: (v.init_config if isinstance(v, nn.Module) else v) for k, v in init_args.items()}
+        with _given_hyperparameters_context(hparams=config, instantiator=_INSTANTIATOR):
+            self.save_hyperparameters()
 
     # ----------------------------------------------------------------------------------------------- method API
     def adapt(self, support: Episode) -> Any:

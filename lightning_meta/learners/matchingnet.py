@@ -12,6 +12,15 @@ from lightning_meta.learners.base import MetaLearner
 from lightning_meta.learners.protonet import embed
 
 
+def _output_features(backbone: nn.Module) -> int | None:
+    """Features a backbone of :mod:`lightning_meta.models` outputs: its linear ``head``'s, else its ``feature_dim``."""
+    head = getattr(backbone, "head", None)
+    if isinstance(head, nn.Linear):
+        return head.out_features
+    dim = getattr(backbone, "feature_dim", None)
+    return dim if isinstance(dim, int) else None
+
+
 class MatchingNet(MetaLearner):
     """Matching Networks: a query's class distribution is an attention over the labelled support examples.
 
@@ -32,8 +41,8 @@ class MatchingNet(MetaLearner):
     Args:
         backbone: embedding network mapping ``[n, *input_shape]`` to ``[n, *feature_shape]`` (flattened here).
         full_context_embeddings: use the paper's full-context embeddings (FCE).
-        embedding_dim: number of features the backbone outputs, needed only to build the FCE LSTMs (default: the
-            backbone's ``out_features`` attribute when it has one).
+        embedding_dim: number of features the backbone outputs, needed only to build the FCE LSTMs (default: read
+            from a :mod:`lightning_meta.models` backbone: its ``head``'s outputs, else its ``feature_dim``).
         fce_steps: processing steps of the attention LSTM (FCE only).
         scale: positive factor on the cosine similarities before the softmax (the paper: 1).
         lr: learning rate of the outer optimizer, Adam.
@@ -69,17 +78,18 @@ class MatchingNet(MetaLearner):
             raise ValueError(f"MatchingNet: fce_steps must be a positive integer, got {fce_steps!r}.")
         if not scale > 0:
             raise ValueError(f"MatchingNet: scale must be a positive number, got {scale!r}.")
-        self.save_hyperparameters()
+        self.save_learner_hyperparameters()
         self.backbone = backbone
         self.full_context_embeddings = full_context_embeddings
         self.fce_steps = fce_steps
         self.scale = scale
         if full_context_embeddings:
-            dim = embedding_dim if embedding_dim is not None else getattr(backbone, "out_features", None)
+            dim = embedding_dim if embedding_dim is not None else _output_features(backbone)
             if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
                 raise ValueError(
                     "MatchingNet: full_context_embeddings=True needs embedding_dim, the positive number of features "
-                    f"the backbone outputs (or a backbone with an integer out_features); got embedding_dim={dim!r}."
+                    "the backbone outputs (read from a Conv4 or ResNet12 backbone when not given); got "
+                    f"embedding_dim={dim!r}."
                 )
             self.support_lstm = nn.LSTM(dim, dim, batch_first=True, bidirectional=True)
             self.query_lstm = nn.LSTMCell(dim, dim)

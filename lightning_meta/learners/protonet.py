@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
@@ -13,7 +14,12 @@ _DISTANCES = ("squared_euclidean", "cosine")
 
 
 def embed(backbone: nn.Module, x: Tensor) -> Tensor:
-    """Embed the examples of every task of a meta-batch in one backbone call.
+    """Embed the examples of every task of a meta-batch, one backbone call per task.
+
+    One call per task keeps the tasks independent when the backbone normalises with batch statistics (the
+    :class:`~lightning_meta.models.BatchStatNorm2d` of ``Conv4``, or any batch norm in training mode): a task's
+    predictions never depend on the other tasks of its meta-batch, so evaluation results do not depend on
+    ``eval_tasks_per_batch``. (One call over all tasks would normalise across tasks.)
 
     Args:
         backbone: maps ``[n, *input_shape]`` to ``[n, *feature_shape]``.
@@ -22,8 +28,7 @@ def embed(backbone: nn.Module, x: Tensor) -> Tensor:
     Returns:
         Flattened features ``[n_tasks, n, features]``.
     """
-    n_tasks, n = x.shape[:2]
-    return backbone(x.reshape(n_tasks * n, *x.shape[2:])).reshape(n_tasks, n, -1)
+    return torch.stack([backbone(task).flatten(1) for task in x.unbind(0)])
 
 
 def class_means(features: Tensor, labels: Tensor, ways: int) -> Tensor:
@@ -88,7 +93,7 @@ class ProtoNet(MetaLearner):
             raise ValueError(f"ProtoNet: distance must be one of {_DISTANCES}, got {distance!r}.")
         if not scale > 0:
             raise ValueError(f"ProtoNet: scale must be a positive number, got {scale!r}.")
-        self.save_hyperparameters()
+        self.save_learner_hyperparameters()
         self.backbone = backbone
         self.distance = distance
         self.scale = scale
@@ -118,4 +123,3 @@ class ProtoNet(MetaLearner):
 
 
 __all__ = ["ProtoNet", "class_means", "embed"]
-

@@ -99,7 +99,7 @@ class R2D2(MetaLearner):
             raise ValueError(f"R2D2: ridge_lambda must be a positive number, got {ridge_lambda!r}.")
         if not scale > 0:
             raise ValueError(f"R2D2: scale must be a positive number, got {scale!r}.")
-        self.save_hyperparameters()
+        self.save_learner_hyperparameters()
         self.backbone = backbone
         log_lambda = torch.tensor(math.log(ridge_lambda))
         if learn_lambda:

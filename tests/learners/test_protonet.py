@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import lightning as L
@@ -15,12 +14,20 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import TensorDataset
 
-import lightning_meta.learners.protonet as protonet_module
-import lightning_meta.results as results_module
 from lightning_meta import Episode
 from lightning_meta.data import EpisodicDataModule
 from lightning_meta.learners import ProtoNet
+from lightning_meta.models import Conv4
 from lightning_meta.results import EpisodeResult, report_test_results, result_from_trainer
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster than on two contended cores (OpenMP spin-waits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def blobs(n_classes: int, per_class: int, *, seed: int, dim: int = 16, informative: int = 4) -> TensorDataset:
@@ -133,15 +140,15 @@ def test_protonet_short_fit_beats_chance_and_the_untrained_backbone(tmp_path):
     torch.manual_seed(0)
     dm = EpisodicDataModule(
         blobs(40, 20, seed=0), test=blobs(20, 20, seed=1), ways=5, shots=1, queries=5,
-        tasks_per_batch=4, train_episodes=400, eval_episodes=100, eval_tasks_per_batch=25,
+        tasks_per_batch=4, train_episodes=200, eval_episodes=100, eval_tasks_per_batch=25,
     )  # fmt: skip
     learner = ProtoNet(mlp(), lr=3e-3)
     t = trainer(tmp_path, max_epochs=1)
     (before,) = t.test(learner, datamodule=dm, verbose=False)
     t.fit(learner, datamodule=dm)
     (after,) = t.test(learner, datamodule=dm, verbose=False)
-    assert after["test/acc"] > before["test/acc"] + 0.1, (before, after)
-    assert after["test/acc"] > 0.2 + 0.3, after  # chance is 0.2
+    assert after["test/acc"] > before["test/acc"] + 0.2, (before, after)  # observed: ~0.40 -> 0.80-0.89
+    assert after["test/acc"] > 0.7, after  # chance is 0.2
 
 
 def per_episode_accuracies(learner: ProtoNet, dm: EpisodicDataModule) -> np.ndarray:
@@ -165,7 +172,7 @@ def test_trainer_test_logs_mean_and_ci95_over_the_fixed_test_episodes(tmp_path):
     assert len(accuracies) == 37
     ci95 = 1.96 * accuracies.std(ddof=1) / math.sqrt(len(accuracies))
     assert metrics["test/acc"] == pytest.approx(accuracies.mean(), abs=1e-6)
-    assert metrics["test/acc_ci95"] == pytest.approx(ci95, rel=2e-2)  # ddof=0 vs 1 differ by 1.4% at n=37
+    assert metrics["test/acc_ci95"] == pytest.approx(ci95, rel=1e-5)
 
 
 def test_default_protocol_runs_600_test_episodes_and_prints_the_results_table(tmp_path):
@@ -175,12 +182,17 @@ def test_default_protocol_runs_600_test_episodes_and_prints_the_results_table(tm
     assert dm.eval_episodes == 600
     learner = ProtoNet(mlp())
     seen = []
-    learner.test_accuracy.update = lambda p, y, _update=learner.test_accuracy.update: (seen.append(len(y)), _update(p, y))
-    t = trainer(tmp_path)
+
+    class CountEpisodes(L.Callback):
+        def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            seen.append(batch.n_tasks)
+
+    t = trainer(tmp_path, callbacks=[CountEpisodes()])
     (metrics,) = t.test(learner, datamodule=dm, verbose=False)
     assert sum(seen) == 600
     result = result_from_trainer(t, learner)
-    assert result == EpisodeResult("ProtoNet", metrics["test/acc"], metrics["test/acc_ci95"], 600, "TensorDataset", 5, 1)
+    expected = EpisodeResult("ProtoNet", metrics["test/acc"], metrics["test/acc_ci95"], 600, "TensorDataset", 5, 1)
+    assert result == expected
     console = Console(record=True, width=120, color_system=None)
     t.test_loop.verbose = True
     report_test_results(t, learner, console=console)
@@ -233,7 +245,9 @@ def test_model_checkpoint_on_val_acc_selects_on_validation_episodes_disjoint_fro
     t.fit(ProtoNet(mlp(), lr=3e-3), datamodule=dm)
     assert len(history) == 4
     assert float(checkpoint.best_model_score) == pytest.approx(max(history))
-    best = ProtoNet.load_from_checkpoint(checkpoint.best_model_path)  # no arguments: the backbone is in hparams
+    # The backbone is rebuilt from hparams (no backbone argument); it is a pickled module, which torch >= 2.6 only
+    # loads with weights_only=False.
+    best = ProtoNet.load_from_checkpoint(checkpoint.best_model_path, weights_only=False)
     (revalidated,) = trainer(tmp_path).validate(best, datamodule=dm, verbose=False)
     assert revalidated["val/acc"] == pytest.approx(max(history), abs=1e-6)
 
@@ -249,6 +263,15 @@ def test_protonet_works_with_a_convolutional_backbone_on_image_episodes():
     assert torch.isfinite(F.softmax(logits, -1)).all()
 
 
-@pytest.mark.parametrize("module", [protonet_module, results_module], ids=lambda m: m.__name__)
-def test_docstring_examples_run(module):
-    assert doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE).failed == 0
+def test_protonet_tasks_are_independent_with_a_batch_statistics_backbone():
+    """Conv4 normalises with batch statistics: each task must be embedded on its own, not across the meta-batch."""
+    torch.manual_seed(0)
+    learner = ProtoNet(Conv4(hidden=8, image_size=16)).eval()
+    support_y, query_y = torch.arange(5).repeat(2).expand(3, -1), torch.arange(5).repeat(3).expand(3, -1)
+    episode = Episode(
+        torch.randn(3, 10, 1, 16, 16), support_y, torch.randn(3, 15, 1, 16, 16), query_y, ways=5, batched=True
+    )
+    with torch.no_grad():
+        batched = learner(episode)
+        one_by_one = torch.cat([learner(Episode.stack([task])) for task in episode])
+    torch.testing.assert_close(batched, one_by_one)

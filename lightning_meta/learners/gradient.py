@@ -1,0 +1,247 @@
+"""GradientLearner: the shared base of the methods that adapt by gradient descent (MAML, ANIL, Meta-SGD, Reptile)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_meta import functional
+from lightning_meta.episode import Episode
+from lightning_meta.learners.base import MetaLearner
+
+StrategyChoice = Literal["auto", "vmap", "loop"]
+_STRATEGY_CHOICES = ("auto", "vmap", "loop")
+
+
+def task_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    """The inner (support) loss of one task: cross-entropy for integer labels, mean squared error otherwise."""
+    if targets.is_floating_point():
+        return F.mse_loss(outputs, targets)
+    return F.cross_entropy(outputs, targets)
+
+
+class GradientLearner(MetaLearner):
+    """Adapts a model to each task by gradient steps on its support loss, through :mod:`lightning_meta.functional`.
+
+    The inner loop runs on a dictionary of parameters through ``torch.func.functional_call``, out of place: the
+    module is never mutated. The tasks of a meta-batch are adapted together under ``torch.func.vmap``
+    (``strategy="vmap"``) or one by one (``"loop"``); both give the same numbers. ``"auto"`` times both on the
+    first training meta-batches (one warm-up and one timed step each, forward, backward and optimizer step
+    included), keeps the faster, logs its choice, and saves it in checkpoints; under DDP rank 0's choice is used
+    by every rank. Before ``auto`` has chosen (e.g. ``trainer.validate`` on a fresh model) evaluation loops.
+
+    Evaluation adapts with ``eval_inner_steps`` first-order steps (the adapted weights are the same as second
+    order; no graph to the initial weights is needed, and none is kept).
+
+    Subclasses choose the adapted parameters (:meth:`adapted_names`) and the learning rates (:meth:`inner_lr`).
+
+    Args:
+        model: the network to meta-train; it maps inputs to logits (classification) or predictions (regression).
+        inner_lr: step size of the inner loop.
+        inner_steps: inner steps during training.
+        eval_inner_steps: inner steps at validation and test (default: ``inner_steps``).
+        strategy: ``"auto"``, ``"vmap"`` or ``"loop"``.
+        lr: learning rate of the outer optimizer.
+    """
+
+    adapts_with_gradients = True
+    #: training meta-batches ``auto`` spends per strategy: one warm-up, one timed.
+    auto_trial_steps = 2
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        inner_lr: float,
+        inner_steps: int,
+        eval_inner_steps: int | None,
+        strategy: StrategyChoice,
+        lr: float,
+    ) -> None:
+        super().__init__(lr=lr)
+        name = type(self).__name__
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"{name}: model must be a torch.nn.Module, got {type(model).__name__}.")
+        if not inner_lr > 0:
+            raise ValueError(f"{name}: inner_lr must be positive, got {inner_lr!r}.")
+        for arg, value in (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}: {arg} must be a positive integer, got {value!r}.")
+        if strategy not in _STRATEGY_CHOICES:
+            raise ValueError(f"{name}: strategy must be one of {_STRATEGY_CHOICES}, got {strategy!r}.")
+        self.model = model
+        self.inner_lr = inner_lr
+        self.inner_steps = inner_steps
+        self.eval_inner_steps = eval_inner_steps or inner_steps
+        self.strategy = strategy
+        self.chosen_strategy: str | None = None if strategy == "auto" else strategy
+        self._trial_times: dict[str, list[float]] = {"vmap": [], "loop": []}
+        self._trial_strategy: str | None = None
+        self._trial_start = 0.0
+
+    # ------------------------------------------------------------------------------------------ what subclasses set
+    def adapted_names(self) -> list[str] | None:
+        """Names of the parameters the inner loop adapts (``None``: all of them)."""
+        return None
+
+    def inner_lr_for(self, steps: int) -> functional.LR:
+        """The learning rates of an inner loop of ``steps`` steps (a float, per parameter, or per step)."""
+        return self.inner_lr
+
+    # ------------------------------------------------------------------------------------------ the inner loop
+    def current_strategy(self) -> str:
+        """The strategy the next adaptation uses."""
+        if self._trial_strategy is not None:
+            return self._trial_strategy
+        return self.chosen_strategy or "loop"
+
+    def inner_params(self) -> dict[str, Tensor]:
+        """The initial (meta-learned) parameters of the model, by name."""
+        return dict(self.model.named_parameters())
+
+    def adapt_params(
+        self, support: Episode, *, steps: int, first_order: bool, return_all: bool = False
+    ) -> functional.Params | list[functional.Params]:
+        """Adapted parameters for every task of ``support`` (a leading task dimension on the adapted ones)."""
+        return functional.adapt_batch(
+            self.model,
+            self.inner_params(),
+            support.support_x,
+            support.support_y,
+            loss_fn=task_loss,
+            steps=steps,
+            lr=self.inner_lr_for(steps),
+            first_order=first_order,
+            names=self.adapted_names(),
+            return_all=return_all,
+            strategy=self.current_strategy(),  # type: ignore[arg-type]
+        )
+
+    @override
+    def adapt(self, support: Episode) -> functional.Params:
+        if self.training:
+            return self.adapt_params(support, steps=self.inner_steps, first_order=self.first_order_now())  # type: ignore[return-value]
+        return self.adapt_params(support, steps=self.eval_inner_steps, first_order=True)  # type: ignore[return-value]
+
+    def first_order_now(self) -> bool:
+        """Whether training adaptation cuts the graph through the inner gradients."""
+        return False
+
+    @override
+    def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """The meta-loss of a meta-batch; the loop strategy differentiates it one task at a time.
+
+        With ``strategy="loop"`` in training, each task's meta-loss is differentiated as soon as it is computed
+        (:func:`~lightning_meta.functional.mean_task_by_task`), so only one task's graph is alive at a time, as in
+        learn2learn's per-task ``backward()``; the returned loss carries the same meta-gradient.
+        """
+        if not (self.training and torch.is_grad_enabled() and self.current_strategy() == "loop"):
+            return self.batch_meta_loss(episode)
+        predictions = []
+
+        def task_losses() -> Iterator[Tensor]:
+            for task in episode:
+                loss, prediction = self.batch_meta_loss(Episode.stack([task]))
+                predictions.append(prediction.detach())
+                yield loss
+
+        loss = functional.mean_task_by_task(task_losses(), wrt=list(self.parameters()))
+        return loss, torch.cat(predictions)
+
+    def batch_meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """The meta-loss of a meta-batch, differentiated as a whole (the base class's query loss by default)."""
+        return super().meta_loss(episode)
+
+    @override
+    def predict(self, query_x: Tensor, state: Mapping[str, Tensor]) -> Tensor:
+        return functional.forward_batch(self.model, state, query_x, strategy=self.current_strategy())  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------------------------------ strategy "auto"
+    @override
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.chosen_strategy is not None:
+            return
+        done = sum(len(t) for t in self._trial_times.values())
+        self._trial_strategy = ("vmap", "loop")[done % 2]
+        self._trial_start = time.perf_counter()
+
+    @override
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._trial_strategy is None:
+            return
+        self._trial_times[self._trial_strategy].append(time.perf_counter() - self._trial_start)
+        self._trial_strategy = None
+        if all(len(t) >= self.auto_trial_steps for t in self._trial_times.values()):
+            timed = {s: min(t[1:]) for s, t in self._trial_times.items()}  # first of each was the warm-up
+            choice = min(timed, key=timed.__getitem__)
+            if self._trainer is not None:
+                choice = self.trainer.strategy.broadcast(choice, src=0)
+            self.chosen_strategy = choice
+            rank_zero_info(
+                f"{type(self).__name__}(strategy='auto') adapts with {choice!r}: "
+                + ", ".join(f"{s} {t * 1e3:.1f} ms" for s, t in timed.items())
+                + " per training step."
+            )
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["chosen_strategy"] = self.chosen_strategy
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.strategy == "auto":
+            self.chosen_strategy = checkpoint.get("chosen_strategy")
+
+    # ------------------------------------------------------------------------------------------ reporting
+    @torch.no_grad()
+    def adaptation_curve(self, episodes: Sequence[Episode] | Any, steps: Sequence[int]) -> dict[int, float]:
+        """Mean query loss (MSE for regression, cross-entropy for classification) after each number of steps.
+
+        Args:
+            episodes: meta-batches, such as a validation dataloader.
+            steps: numbers of first-order inner steps; 0 is the meta-learned initialisation itself.
+
+        Returns:
+            ``{steps: mean query loss over the episodes}``.
+        """
+        was_training = self.training
+        self.eval()
+        totals = {k: 0.0 for k in steps}
+        count = 0
+        try:
+            for batch in episodes:
+                batch = batch.to(self.device)
+                for k in steps:
+                    state = self.inner_params() if k == 0 else self.adapt_params(batch, steps=k, first_order=True)
+                    predictions = self.predict(batch.query_x, state)  # type: ignore[arg-type]
+                    totals[k] += float(self.query_loss(predictions, batch)) * batch.n_tasks
+                count += batch.n_tasks
+        finally:
+            self.train(was_training)
+        return {k: total / max(count, 1) for k, total in totals.items()}
+
+    def summarize_adaptation(self, datamodule: Any, steps: Sequence[int] | None = None) -> dict[int, float]:
+        """Print (and return) the query loss before and after adaptation on the validation episodes."""
+        loader = datamodule.val_dataloader()
+        if not loader:
+            return {}
+        steps = steps or sorted({0, 1, self.eval_inner_steps})
+        curve = self.adaptation_curve(loader, steps)
+        is_regression = not next(iter(loader)).is_classification
+        metric = "query MSE" if is_regression else "query cross-entropy"
+        table = Table(title=f"{type(self).__name__}, {datamodule.eval_episodes} validation tasks")
+        table.add_column("inner steps", justify="right")
+        table.add_column(metric, justify="right")
+        for k, value in curve.items():
+            table.add_row(f"{k}" + (" (before adaptation)" if k == 0 else ""), f"{value:.4f}")
+        Console().print(table)
+        return curve

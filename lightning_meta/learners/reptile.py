@@ -1,0 +1,83 @@
+"""Reptile (Nichol, Achiam and Schulman, 2018) as a gradient of a surrogate loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from typing_extensions import override
+
+from lightning_meta.episode import Episode
+from lightning_meta.learners.gradient import GradientLearner, StrategyChoice
+
+
+class Reptile(GradientLearner):
+    """Reptile: move the initial weights towards the weights each task's inner loop reaches.
+
+    Nichol, Achiam and Schulman, "On First-Order Meta-Learning Algorithms", 2018. Each task adapts
+    ``theta`` with ``inner_steps`` first-order SGD steps on its support set, reaching ``phi``; the outer update is
+    ``theta <- theta + lr * mean(phi - theta)``. Here that update is the gradient of the surrogate loss
+    ``0.5 * mean_tasks ||theta - stopgrad(phi)||^2`` (its gradient is ``theta - mean(phi)``), returned from
+    ``training_step``, so automatic optimization, mixed precision, clipping, accumulation and DDP work unchanged.
+    With the default SGD outer optimizer, ``lr`` is Reptile's outer step size epsilon.
+
+    Logged: ``train/loss`` is the surrogate; ``train/query_loss`` the query loss after adaptation.
+
+    Args:
+        model: the network to meta-train.
+        inner_lr: inner-loop SGD step size.
+        inner_steps: inner steps during training.
+        eval_inner_steps: inner steps at validation and test (default: ``inner_steps``).
+        strategy: ``"auto"``, ``"vmap"`` or ``"loop"``.
+        lr: outer step size (SGD learning rate).
+
+    Example:
+        >>> import torch
+        >>> from lightning_meta import Episode
+        >>> from lightning_meta.models import MLP
+        >>> reptile = Reptile(MLP(), inner_lr=0.01, inner_steps=3, strategy="loop")
+        >>> x = torch.randn(2, 10, 1)
+        >>> surrogate, predictions = reptile.meta_loss(Episode(x, torch.sin(x), x, torch.sin(x), batched=True))
+        >>> surrogate.backward()
+        >>> predictions.shape
+        torch.Size([2, 10, 1])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        inner_lr: float = 0.01,
+        inner_steps: int = 5,
+        eval_inner_steps: int | None = None,
+        strategy: StrategyChoice = "auto",
+        lr: float = 1.0,
+    ) -> None:
+        super().__init__(
+            model,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            eval_inner_steps=eval_inner_steps,
+            strategy=strategy,
+            lr=lr,
+        )
+        self.save_learner_hyperparameters()
+
+    @override
+    def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        if not self.training:
+            return super().meta_loss(episode)
+        theta = self.inner_params()
+        with torch.no_grad():
+            phi = self.adapt_params(episode, steps=self.inner_steps, first_order=True)
+            predictions = self.predict(episode.query_x, phi)  # type: ignore[arg-type]
+            if self._trainer is not None:
+                self.log("train/query_loss", self.query_loss(predictions, episode), batch_size=episode.n_tasks)
+        surrogate = sum(
+            0.5 * (p.unsqueeze(0) - phi[name]).pow(2).flatten(1).sum(1).mean()  # type: ignore[index]
+            for name, p in theta.items()
+        )
+        return surrogate, predictions  # type: ignore[return-value]
+
+    @override
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
