@@ -1,7 +1,31 @@
-"""lightning-meta: meta-learning for PyTorch Lightning."""
+"""lightning-meta: meta-learning for PyTorch Lightning.
 
+Learners are LightningModules (:mod:`lightning_meta.learners`), fed by episodic LightningDataModules
+(:mod:`lightning_meta.data`) whose batches are :class:`Episode` meta-batches.
+"""
+
+from lightning_meta.data import EpisodicDataModule
 from lightning_meta.episode import Episode
+from lightning_meta.learners import ANIL, MAML, R2D2, MatchingNet, MetaLearner, MetaSGD, ProtoNet, Reptile
+from lightning_meta.metrics import EpisodeAccuracy
+from lightning_meta.models import MLP, Conv4, ResNet12
 
 __version__ = "0.1.0"
 
-__all__ = ["Episode", "__version__"]
+__all__ = [
+    "ANIL",
+    "MAML",
+    "MLP",
+    "R2D2",
+    "Conv4",
+    "Episode",
+    "EpisodeAccuracy",
+    "EpisodicDataModule",
+    "MatchingNet",
+    "MetaLearner",
+    "MetaSGD",
+    "ProtoNet",
+    "ResNet12",
+    "Reptile",
+    "__version__",
+]

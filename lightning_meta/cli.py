@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
 
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -31,7 +30,7 @@ class MetaCLI(LightningCLI):
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--torch_num_threads", type=Optional[int], default=None, help="torch.set_num_threads")
+        parser.add_argument("--torch_num_threads", type=int | None, default=None, help="torch.set_num_threads")
 
     @override
     def before_instantiate_classes(self) -> None:
@@ -42,8 +41,8 @@ class MetaCLI(LightningCLI):
                 raise ValueError(f"--torch_num_threads must be a positive integer, got {threads}.")
             torch.set_num_threads(threads)
 
-    @override
     def after_fit(self) -> None:
+        """Print the query error before and after adaptation (learners that can report it)."""
         summarize = getattr(self.model, "summarize_adaptation", None)
         if summarize is not None and self.trainer.is_global_zero:
             summarize(self.datamodule)

@@ -43,7 +43,10 @@ def records_config(cls: type[nn.Module]) -> type[nn.Module]:
             bound = signature.bind(self, *args, **kwargs)
             bound.apply_defaults()
             init_args = {k: list(v) if isinstance(v, tuple) else v for k, v in bound.arguments.items() if k != "self"}
-            self.__dict__["init_config"] = {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+            self.__dict__["init_config"] = {
+                "class_path": f"{cls.__module__}.{cls.__qualname__}",
+                "init_args": init_args,
+            }
 
     cls.__init__ = __init__  # type: ignore[method-assign]
     return cls

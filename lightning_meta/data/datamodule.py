@@ -158,6 +158,8 @@ class EpisodicDataModule(L.LightningDataModule):
     def _training_progress(self) -> tuple[int, int]:
         """(epoch, meta-batches fetched) as the trainer's fit loop counts them, for the loader's checkpoint."""
         trainer = self.trainer
+        if trainer is None:
+            return 0, 0
         epoch = trainer.current_epoch
         fetched = trainer.fit_loop.epoch_loop.batch_progress.current.ready
         if fetched >= trainer.num_training_batches:  # the epoch is over (also under limit_train_batches)
@@ -172,7 +174,9 @@ class EpisodicDataModule(L.LightningDataModule):
                 f"EpisodicDataModule: train_episodes={self.train_episodes} is smaller than one meta-batch across "
                 f"ranks (tasks_per_batch={self.tasks_per_batch} x {world_size} ranks)."
             )
-        sampler = EpisodeSampler(self.train_episodes, self.tasks_per_batch, train=True, rank=rank, world_size=world_size)
+        sampler = EpisodeSampler(
+            self.train_episodes, self.tasks_per_batch, train=True, rank=rank, world_size=world_size
+        )
         return EpisodeLoader(
             self._dataset("train"),
             sampler,
@@ -192,7 +196,7 @@ class EpisodicDataModule(L.LightningDataModule):
             self._dataset(split),
             batch_size=None,
             sampler=sampler,
-            collate_fn=keep_episode,
+            collate_fn=keep_episode,  # type: ignore[arg-type]
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

@@ -64,7 +64,9 @@ class EpisodeSampler(DistributedSampler):
         [(0, (0, 2)), (0, (4,))]
     """
 
-    def __init__(self, n_episodes: int, tasks_per_batch: int, *, train: bool, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, n_episodes: int, tasks_per_batch: int, *, train: bool, rank: int = 0, world_size: int = 1
+    ) -> None:
         # DistributedSampler.__init__ wants a dataset and a process group; this sampler needs neither.
         self.n_episodes = n_episodes
         self.tasks_per_batch = tasks_per_batch
@@ -176,7 +178,7 @@ class EpisodeLoader(DataLoader):
             dataset,
             batch_size=None,
             sampler=sampler,
-            collate_fn=keep_episode,
+            collate_fn=keep_episode,  # type: ignore[arg-type]
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=num_workers > 0,

@@ -60,6 +60,5 @@ class Sinusoid:
 
     def __repr__(self) -> str:
         return (
-            f"Sinusoid(amplitude_range={self.amplitude_range}, phase_range={self.phase_range}, "
-            f"x_range={self.x_range})"
+            f"Sinusoid(amplitude_range={self.amplitude_range}, phase_range={self.phase_range}, x_range={self.x_range})"
         )

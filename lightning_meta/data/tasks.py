@@ -134,9 +134,10 @@ class LabelledTasks:
             )
         need = shots + queries
         smallest = int(torch.argmin(self.counts))
-        if need > int(self.counts[smallest]):
+        have = int(self.counts[smallest])
+        if need > have:
             raise ValueError(
-                f"{p}shots + {p}queries = {shots} + {queries} = {need} exceeds the {int(self.counts[smallest])} examples "
+                f"{p}shots + {p}queries = {shots} + {queries} = {need} exceeds the {have} examples "
                 f"of class {self.class_name(smallest)} in the {split} split; every class must hold at least {need}."
             )
 

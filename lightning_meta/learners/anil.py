@@ -53,7 +53,9 @@ class ANIL(MAML):
         strategy: StrategyChoice = "auto",
         lr: float = 1e-3,
     ) -> None:
-        names = [n for n, _ in model.named_parameters() if n.startswith(head + ".")] if isinstance(model, nn.Module) else []
+        names = (
+            [n for n, _ in model.named_parameters() if n.startswith(head + ".")] if isinstance(model, nn.Module) else []
+        )
         if not names:
             raise ValueError(
                 f"ANIL: head={head!r} names no parameters of the model; its top-level submodules are "

@@ -80,7 +80,11 @@ class MetaLearner(L.LightningModule):
         training code. Any other module is saved pickled; load such a checkpoint, when you trust it, with
         ``load_from_checkpoint(path, weights_only=False)``.
         """
-        frame = inspect.currentframe().f_back  # type: ignore[union-attr]
+        current = inspect.currentframe()
+        frame = current.f_back if current is not None else None
+        if frame is None:  # pragma: no cover - only on Pythons without frame support
+            self.save_hyperparameters()
+            return
         if _given_hyperparameters.get() is not None:  # LightningCLI built this learner and gave its config
             self.save_hyperparameters()
             return

@@ -93,7 +93,9 @@ class MAML(GradientLearner):
         if learn_inner_lr:
             for name in self.adapted_names() or [n for n, _ in model.named_parameters()]:
                 dtype = model.get_parameter(name).dtype
-                self.inner_lrs[name.replace(".", "__")] = nn.Parameter(torch.full((inner_steps,), inner_lr, dtype=dtype))
+                self.inner_lrs[name.replace(".", "__")] = nn.Parameter(
+                    torch.full((inner_steps,), inner_lr, dtype=dtype)
+                )
         self.save_learner_hyperparameters()
 
     @override

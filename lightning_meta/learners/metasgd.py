@@ -55,7 +55,10 @@ class MetaSGD(MAML):
             lr=lr,
         )
         self.meta_sgd_lrs = nn.ParameterDict(
-            {name.replace(".", "__"): nn.Parameter(torch.full_like(p, inner_lr)) for name, p in model.named_parameters()}
+            {
+                name.replace(".", "__"): nn.Parameter(torch.full_like(p, inner_lr))
+                for name, p in model.named_parameters()
+            }
         )
 
     @override

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_meta.episode import Episode
+from lightning_meta.functional import Params
 from lightning_meta.learners.gradient import GradientLearner, StrategyChoice
 
 
@@ -68,12 +71,12 @@ class Reptile(GradientLearner):
             return super().meta_loss(episode)
         theta = self.inner_params()
         with torch.no_grad():
-            phi = self.adapt_params(episode, steps=self.inner_steps, first_order=True)
-            predictions = self.predict(episode.query_x, phi)  # type: ignore[arg-type]
+            phi = cast(Params, self.adapt_params(episode, steps=self.inner_steps, first_order=True))
+            predictions = self.predict(episode.query_x, phi)
             if self._trainer is not None:
                 self.log("train/query_loss", self.query_loss(predictions, episode), batch_size=episode.n_tasks)
-        surrogate = sum(
-            0.5 * (p.unsqueeze(0) - phi[name]).pow(2).flatten(1).sum(1).mean()  # type: ignore[index]
+        surrogate: Tensor = sum(  # type: ignore[assignment]
+            0.5 * (p.unsqueeze(0) - phi[name]).pow(2).flatten(1).sum(1).mean()
             for name, p in theta.items()
         )
         return surrogate, predictions  # type: ignore[return-value]

@@ -8,7 +8,7 @@ def test_training_ranks_split_the_tasks_of_a_meta_batch_world_size_times_larger(
     single = list(EpisodeSampler(60, 2 * world_size, train=True))
     ranks = [list(EpisodeSampler(60, 2, train=True, rank=r, world_size=world_size)) for r in range(world_size)]
     assert all(len(r) == len(single) for r in ranks)
-    for b, (epoch, ids) in enumerate(single):
+    for b, (_, ids) in enumerate(single):
         assert sum((list(r[b][1]) for r in ranks), []) == list(ids)
 
 

@@ -209,7 +209,9 @@ def reference_msl_weights(n: int, epochs: int, epoch: int) -> np.ndarray:
     min_value_for_non_final_losses = 0.03 / n
     for i in range(len(loss_weights) - 1):
         loss_weights[i] = np.maximum(loss_weights[i] - (epoch * decay_rate), min_value_for_non_final_losses)
-    loss_weights[-1] = np.minimum(loss_weights[-1] + (epoch * (n - 1) * decay_rate), 1.0 - ((n - 1) * min_value_for_non_final_losses))
+    loss_weights[-1] = np.minimum(
+        loss_weights[-1] + (epoch * (n - 1) * decay_rate), 1.0 - ((n - 1) * min_value_for_non_final_losses)
+    )
     return loss_weights
 
 
