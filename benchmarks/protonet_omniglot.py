@@ -20,7 +20,8 @@ the paper's batch norm used running statistics at test time.
 
 Example (what the README reports; the CPU was shared with other jobs, so the budget bought fewer episodes)::
 
-    python benchmarks/protonet_omniglot.py --minutes 45 --root ../shared/data/omniglot --out protonet_omniglot.json
+    python benchmarks/protonet_omniglot.py --minutes 35 --root ../shared/data/omniglot --cache-dir /tmp/omniglot-cache \
+        --out protonet_omniglot.json
 """
 
 from __future__ import annotations

@@ -6,8 +6,15 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread: test tensors are tiny, and on a busy 2-core machine (CI runs DDP ranks and dataloader
+    workers beside the test process) OpenMP's waiting threads made small steps up to 100x slower."""
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

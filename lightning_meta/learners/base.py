@@ -16,7 +16,8 @@ from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from lightning_meta.episode import Episode
-from lightning_meta.metrics import EpisodeAccuracy
+from lightning_meta.metrics import EpisodeAccuracy, per_episode_accuracy
+from lightning_meta.results import report_test_results
 
 # A backbone without ``init_config`` is kept in the hyperparameters as a module on purpose, so that
 # ``load_from_checkpoint(path)`` rebuilds the learner without being handed it again; Lightning's advice does not apply.
@@ -135,7 +136,7 @@ class MetaLearner(L.LightningModule):
         n = batch.n_tasks
         self.log("train/loss", loss, batch_size=n, prog_bar=True)
         if batch.is_classification:
-            accuracy = (predictions.detach().argmax(-1) == batch.query_y).float().mean()
+            accuracy = per_episode_accuracy(predictions.detach(), batch.query_y).mean()
             self.log("train/acc", accuracy, batch_size=n, prog_bar=True)
         return loss
 
@@ -188,6 +189,10 @@ class MetaLearner(L.LightningModule):
     @override
     def on_test_epoch_end(self) -> None:
         self._log_episode_metrics("test")
+
+    @override
+    def on_test_end(self) -> None:
+        report_test_results(self.trainer, self)
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:

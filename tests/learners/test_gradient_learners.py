@@ -370,3 +370,16 @@ def test_auto_strategy_times_both_paths_then_keeps_the_faster_and_checkpoints_it
 def test_maml_refuses_bad_settings_naming_them(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MAML(MLP(), **kwargs)
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_training_gives_identical_weights_whatever_num_workers_is(strategy):
+    weights = []
+    for num_workers in (0, 2):
+        torch.manual_seed(0)
+        learner = MAML(MLP(hidden=(8,)), inner_lr=0.01, inner_steps=2, strategy=strategy)
+        dm = sinusoid_datamodule(num_workers=num_workers, train_episodes=24)
+        quiet_trainer(max_epochs=2, enable_checkpointing=False, num_sanity_val_steps=0).fit(learner, dm)
+        weights.append({n: p.detach().clone() for n, p in learner.named_parameters()})
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])

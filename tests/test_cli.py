@@ -1,0 +1,37 @@
+"""The ``lightning-meta`` command."""
+
+import pytest
+import torch
+
+from lightning_meta.cli import DEFAULT_CONFIG, main
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    """The default config sets torch's thread count for the process: give it back to the other tests."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_fit_runs_the_embedded_default_and_prints_the_error_before_and_after_adaptation(capsys, tmp_path):
+    main(["fit", "--config", str(DEFAULT_CONFIG), "--trainer.max_epochs=1", "--data.init_args.train_episodes=100",
+          "--data.init_args.eval_episodes=25", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "0 (before adaptation)" in out and "query MSE" in out
+    rows = [line for line in out.splitlines() if line.strip().startswith("│")]
+    values = [float(row.split("│")[2]) for row in rows]
+    assert len(values) == 3 and all(v > 0 for v in values)
+
+
+def test_default_config_is_maml_on_sinusoids(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(DEFAULT_CONFIG), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "lightning_meta.learners.MAML" in printed and "lightning_meta.data.Sinusoid" in printed
+
+
+def test_torch_num_threads_must_be_positive():
+    with pytest.raises(ValueError, match="--torch_num_threads must be a positive integer, got 0"):
+        main(["fit", "--config", str(DEFAULT_CONFIG), "--torch_num_threads=0"])
