@@ -76,8 +76,7 @@ class Reptile(GradientLearner):
             if self._trainer is not None:
                 self.log("train/query_loss", self.query_loss(predictions, episode), batch_size=episode.n_tasks)
         surrogate: Tensor = sum(  # type: ignore[assignment]
-            0.5 * (p.unsqueeze(0) - phi[name]).pow(2).flatten(1).sum(1).mean()
-            for name, p in theta.items()
+            0.5 * (p.unsqueeze(0) - phi[name]).pow(2).flatten(1).sum(1).mean() for name, p in theta.items()
         )
         return surrogate, predictions  # type: ignore[return-value]
 

@@ -54,6 +54,18 @@ def assert_close_dicts(a: dict, b: dict, rtol: float) -> None:
         torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=rtol * 1e-3, msg=name)
 
 
+def sgd_adapted_copy(net: torch.nn.Module, task: Episode, *, lr: float, steps: int) -> torch.nn.Module:
+    """The independent reference for an inner loop: a copy of the network trained with torch.optim.SGD."""
+    phi = copy.deepcopy(net)
+    sgd = torch.optim.SGD(phi.parameters(), lr=lr)
+    for _ in range(steps):
+        sgd.zero_grad()
+        F.mse_loss(phi(task.support_x), task.support_y).backward()
+        sgd.step()
+    sgd.zero_grad()
+    return phi
+
+
 # ----------------------------------------------------------------------------------------- learn2learn reference
 @needs_l2l
 @pytest.mark.parametrize("first_order", [False, True])
@@ -109,13 +121,7 @@ def test_first_order_maml_gradient_is_the_query_gradient_at_the_adapted_weights(
     learner.meta_loss(batch)[0].backward()
     expected = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
     for task in batch:  # hand-written: plain SGD on a copy, then the query gradient there
-        phi = copy.deepcopy(net)
-        sgd = torch.optim.SGD(phi.parameters(), lr=0.1)
-        for _ in range(2):
-            sgd.zero_grad()
-            F.mse_loss(phi(task.support_x), task.support_y).backward()
-            sgd.step()
-        sgd.zero_grad()
+        phi = sgd_adapted_copy(net, task, lr=0.1, steps=2)
         F.mse_loss(phi(task.query_x), task.query_y).backward()
         for n, p in phi.named_parameters():
             expected[n] += p.grad / batch.n_tasks
@@ -128,15 +134,7 @@ def test_reptile_gradient_is_theta_minus_the_mean_adapted_weights():
     learner = Reptile(copy.deepcopy(net), inner_lr=0.02, inner_steps=4, strategy="vmap")
     batch = sinusoid_batch(n_tasks=4)
     learner.meta_loss(batch)[0].backward()
-    phis = []
-    for task in batch:
-        phi = copy.deepcopy(net)
-        sgd = torch.optim.SGD(phi.parameters(), lr=0.02)
-        for _ in range(4):
-            sgd.zero_grad()
-            F.mse_loss(phi(task.support_x), task.support_y).backward()
-            sgd.step()
-        phis.append(dict(phi.named_parameters()))
+    phis = [dict(sgd_adapted_copy(net, task, lr=0.02, steps=4).named_parameters()) for task in batch]
     expected = {f"model.{n}": p.detach() - sum(ph[n].detach() for ph in phis) / 4 for n, p in net.named_parameters()}
     assert_close_dicts(expected, grads_of(learner), rtol=1e-10)
 
