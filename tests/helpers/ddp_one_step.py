@@ -1,0 +1,79 @@
+"""One optimizer step of every learner, on one process or several (used by tests/learners/test_ddp.py).
+
+``python -m tests.helpers.ddp_one_step --devices 2 --tasks-per-batch 2 --out DIR`` fits each learner for one step
+with ``Trainer(strategy="ddp", devices=2)`` (no other flag) and rank 0 saves ``{name: (parameter, gradient)}`` after
+the step to ``DIR/NAME.pt`` (the gradient is DDP's all-reduced one).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import TensorDataset
+
+from lightning_meta.data import EpisodicDataModule, Sinusoid
+from lightning_meta.learners import ANIL, MAML, R2D2, MatchingNet, MetaLearner, MetaSGD, ProtoNet, Reptile
+from lightning_meta.models import MLP
+
+
+def blobs() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(8).repeat_interleave(10)
+    return TensorDataset(y.float().unsqueeze(1).expand(-1, 4) + torch.randn(80, 4, generator=g), y)
+
+
+LEARNERS: dict[str, Callable[[], MetaLearner]] = {
+    "maml_vmap": lambda: MAML(MLP(hidden=(16,)), inner_lr=0.05, inner_steps=2, strategy="vmap", lr=0.01),
+    "maml_loop": lambda: MAML(MLP(hidden=(16,)), inner_lr=0.05, inner_steps=2, strategy="loop", lr=0.01),
+    "maml++": lambda: MAML(
+        MLP(hidden=(16,)), inner_steps=2, multi_step_loss=True, learn_inner_lr=True, lr=0.01, strategy="vmap"
+    ),  # fmt: skip
+    "anil": lambda: ANIL(MLP(hidden=(16,)), inner_lr=0.05, strategy="vmap", lr=0.01),
+    "metasgd": lambda: MetaSGD(MLP(hidden=(16,)), inner_lr=0.05, strategy="loop", lr=0.01),
+    "reptile": lambda: Reptile(MLP(hidden=(16,)), inner_lr=0.05, inner_steps=2, strategy="vmap", lr=0.5),
+    "protonet": lambda: ProtoNet(MLP(in_features=4, hidden=(16,), out_features=8), lr=0.01),
+    "matchingnet": lambda: MatchingNet(MLP(in_features=4, hidden=(16,), out_features=8), embedding_dim=8, lr=0.01),
+    "r2d2": lambda: R2D2(MLP(in_features=4, hidden=(16,), out_features=8), lr=0.01),
+}
+
+
+def datamodule(name: str, tasks_per_batch: int) -> EpisodicDataModule:
+    if name in ("protonet", "matchingnet", "r2d2"):
+        data = blobs()
+        return EpisodicDataModule(data, ways=3, shots=2, queries=3, tasks_per_batch=tasks_per_batch,
+                                  train_episodes=8, seed=3)  # fmt: skip
+    return EpisodicDataModule(Sinusoid(), shots=5, queries=5, tasks_per_batch=tasks_per_batch, train_episodes=8, seed=3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--devices", type=int, required=True)
+    parser.add_argument("--tasks-per-batch", type=int, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, make in LEARNERS.items():
+        torch.manual_seed(0)
+        learner = make()
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=args.devices,
+            strategy="ddp" if args.devices > 1 else "auto",
+            max_steps=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(learner, datamodule(name, args.tasks_per_batch))
+        if trainer.global_rank == 0:
+            state = {n: (p.detach().clone(), p.grad.clone()) for n, p in learner.named_parameters()}
+            torch.save(state, args.out / f"{name}.pt")
+
+
+if __name__ == "__main__":
+    main()
