@@ -18,10 +18,13 @@ rotates every round), so machine noise hits them alike. The first rounds are war
 the median seconds per meta-step, tasks/s, and ratios computed *per round* (``a[r] / b[r]``, then the median over
 rounds), which cancels slow drifts of the machine's load.
 
-Peak memory: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of a *fresh subprocess* per (row, implementation) that
+Peak memory: the peak resident set (``VmHWM`` of ``/proc/self/status``) of a *fresh subprocess* per
+(row, implementation) that
 imports the same modules, builds the same data and model, and runs one meta-step (``auto``: its trial steps, then
 one steady step, since a training run pays for the trials too). Reported as the process's peak RSS and as the
-increase over its RSS just before the first step ("step peak"). ``tracemalloc`` does not see torch's allocations.
+increase over its RSS just before the first step ("step peak"). ``tracemalloc`` does not see torch's allocations,
+and ``getrusage(RUSAGE_SELF).ru_maxrss`` of a child started from this (large) process reports at least the
+parent's peak, as Linux keeps the high-water mark across fork and exec.
 
 Trainer overhead: MAML (``strategy="auto"``) on a sinusoid row through ``Trainer.fit`` (``accelerator="cpu",
 logger=False, enable_checkpointing=False, enable_progress_bar=False``), with a callback that stamps every
@@ -83,7 +86,7 @@ class Row:
     in_channels: int = 3
     hidden: int = 32
     image_size: int = 84
-    quick_tasks: int = 4  # meta-batch under --quick
+    quick_tasks: int = 2  # meta-batch under --quick
     warmup: int = 1
     repeats: int = 3
 
@@ -100,20 +103,49 @@ ROWS: dict[str, Row] = {
         Row("conv4-1st-1", "Conv4-32 84px 5w1s q15, T=32, 1 step, 1st order", "conv", 32, 1, True, 0.01),
         Row("conv4-1st-5", "Conv4-32 84px 5w1s q15, T=32, 5 steps, 1st order", "conv", 32, 5, True, 0.01),
         Row(
-            "sine-1", "sinusoid MLP 1-40-40-1, T=25, 10+10, 1 step, 2nd order", "sine", 25, 1, False, 0.01,
-            shots=10, queries=10, quick_tasks=25, warmup=3, repeats=30,
+            "sine-1",
+            "sinusoid MLP 1-40-40-1, T=25, 10+10, 1 step, 2nd order",
+            "sine",
+            25,
+            1,
+            False,
+            0.01,
+            shots=10,
+            queries=10,
+            quick_tasks=25,
+            warmup=3,
+            repeats=30,
         ),
         Row(
-            "sine-5", "sinusoid MLP 1-40-40-1, T=25, 10+10, 5 steps, 2nd order", "sine", 25, 5, False, 0.01,
-            shots=10, queries=10, quick_tasks=25, warmup=3, repeats=30,
+            "sine-5",
+            "sinusoid MLP 1-40-40-1, T=25, 10+10, 5 steps, 2nd order",
+            "sine",
+            25,
+            5,
+            False,
+            0.01,
+            shots=10,
+            queries=10,
+            quick_tasks=25,
+            warmup=3,
+            repeats=30,
         ),
         Row(
-            "omniglot-20w1s", "Conv4-64 28px 20w1s q15, T=16, 1 step, 2nd order", "conv", 16, 1, False, 0.4,
-            ways=20, in_channels=1, hidden=64, image_size=28,
+            "omniglot-20w1s",
+            "Conv4-64 28px 20w1s q15, T=16, 1 step, 2nd order",
+            "conv",
+            16,
+            1,
+            False,
+            0.4,
+            ways=20,
+            in_channels=1,
+            hidden=64,
+            image_size=28,
         ),
     )
 }
-DEFAULT_ROWS = ("sine-1", "sine-5", "conv4-2nd-1", "conv4-1st-1", "omniglot-20w1s", "conv4-2nd-5", "trainer")
+DEFAULT_ROWS = ("sine-1", "sine-5", "trainer", "conv4-2nd-1", "conv4-1st-1", "omniglot-20w1s", "conv4-2nd-5")
 ALL_ROWS = (*ROWS, "trainer")
 
 
@@ -237,10 +269,28 @@ def median_ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
-def time_row(row: Row, impls: tuple[str, ...], quick: bool, repeats: int | None, log: Callable[[str], None]) -> dict:
-    tasks = row.quick_tasks if quick else row.tasks
+def row_tasks(row: Row, quick: bool, conv_tasks: int | None) -> int:
+    """Meta-batch size of ``row`` in this run."""
+    if conv_tasks is not None and row.kind == "conv":
+        return conv_tasks
+    return row.quick_tasks if quick else row.tasks
+
+
+def time_row(
+    row: Row,
+    impls: tuple[str, ...],
+    quick: bool,
+    repeats: int | None,
+    conv_tasks: int | None,
+    log: Callable[[str], None],
+) -> dict:
+    tasks = row_tasks(row, quick, conv_tasks)
     warmup = 1 if quick else row.warmup
-    timed = repeats if repeats is not None else (min(row.repeats, 3 if row.kind == "conv" else 10) if quick else row.repeats)
+    timed = (
+        repeats
+        if repeats is not None
+        else (min(row.repeats, 2 if row.kind == "conv" else 10) if quick else row.repeats)
+    )
     row = replace(row, tasks=tasks)
     batch = make_batch(row, tasks)
     model = make_model(row)
@@ -276,15 +326,16 @@ def time_row(row: Row, impls: tuple[str, ...], quick: bool, repeats: int | None,
 
 
 # ------------------------------------------------------------------------------------------------------ memory
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process, in MB, from ``/proc/self/status``."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
 
-def memory_child(row_name: str, impl_name: str, quick: bool, threads: int) -> None:
+def memory_child(row_name: str, impl_name: str, quick: bool, threads: int, conv_tasks: int | None) -> None:
     """Run in a fresh process: one meta-step (auto: trials + one), print peak RSS as JSON."""
     torch.set_num_threads(threads)
     import learn2learn  # noqa: F401  (same imports in every child, so the baselines match)
@@ -292,29 +343,43 @@ def memory_child(row_name: str, impl_name: str, quick: bool, threads: int) -> No
     import lightning_meta.learners  # noqa: F401
 
     row = ROWS[row_name]
-    row = replace(row, tasks=row.quick_tasks if quick else row.tasks)
+    row = replace(row, tasks=row_tasks(row, quick, conv_tasks))
     impl = Impl(impl_name, row, make_model(row), make_batch(row, row.tasks))
     gc.collect()
-    before = _rss_mb()
+    before = _status_mb("VmRSS")
     impl.setup()
     impl.step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    print(json.dumps({"peak_mb": peak, "before_mb": before, "step_peak_mb": peak - before, **impl.info}))
+    # VmHWM is the peak RSS of this process image. getrusage's ru_maxrss is NOT usable here: Linux carries the
+    # high-water mark across fork+exec (signal_struct.maxrss), so a child reports at least its parent's peak.
+    peak = _status_mb("VmHWM")
+    rusage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(
+        json.dumps(
+            {"peak_mb": peak, "before_mb": before, "step_peak_mb": peak - before, "ru_maxrss_mb": rusage, **impl.info}
+        )
+    )
 
 
-def measure_memory(row: Row, impls: tuple[str, ...], quick: bool, threads: int, log: Callable[[str], None]) -> dict:
+def measure_memory(
+    row: Row, impls: tuple[str, ...], quick: bool, threads: int, conv_tasks: int | None, log: Callable[[str], None]
+) -> dict:
     result = {}
     for name in impls:
         cmd = [sys.executable, os.path.abspath(__file__), "--_memory", row.name, name, "--threads", str(threads)]
         if quick:
             cmd.append("--quick")
+        if conv_tasks is not None:
+            cmd += ["--conv-tasks", str(conv_tasks)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode != 0 or not lines:
             log(f"  {row.name}/{name}: memory subprocess failed (rc {proc.returncode}): {proc.stderr[-500:]}")
             continue
         result[name] = json.loads(lines[-1])
-        log(f"  {row.name}/{name}: peak RSS {result[name]['peak_mb']:.0f} MB (step peak {result[name]['step_peak_mb']:.0f} MB)")
+        log(
+            f"  {row.name}/{name}: peak RSS {result[name]['peak_mb']:.0f} MB "
+            f"(step peak {result[name]['step_peak_mb']:.0f} MB)"
+        )
     return result
 
 
@@ -345,21 +410,46 @@ def measure_trainer(row: Row, rounds: int, steps: int, log: Callable[[str], None
         def __getitem__(self, i: int) -> Any:
             return episodes[i % len(episodes)]
 
-    class StepClock(L.Callback):
-        def __init__(self) -> None:
-            self.starts: list[float] = []
-
-        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            self.starts.append(time.perf_counter())
-
     torch.manual_seed(0)
     learner = MAML(MLP(), inner_lr=row.inner_lr, inner_steps=row.steps, first_order=row.first_order, strategy="auto")
-    trainer_steps: list[float] = []
-    bare_steps: list[float] = []
+    bare_optimizer = torch.optim.Adam(learner.parameters(), lr=learner.lr)
+
+    def bare_step(episode: Any) -> float:
+        """What training_step + backward + optimizer step cost without the Trainer (grads cleared after)."""
+        t0 = time.perf_counter()
+        bare_optimizer.zero_grad(set_to_none=True)
+        loss, _ = learner.meta_loss(episode)
+        loss.backward()
+        bare_optimizer.step()
+        elapsed = time.perf_counter() - t0
+        bare_optimizer.zero_grad(set_to_none=True)
+        return elapsed
+
+    class Interleave(L.Callback):
+        """At every batch start: close the previous Trainer step's interval, run one bare step, restart the clock.
+
+        The interval from the restart to the next batch start is one full Trainer step (training_step, backward,
+        optimizer step, logging, batch-end hooks, fetching and moving the next batch, batch-start hooks), and each
+        is paired with a bare step run right next to it, so load bursts hit both alike.
+        """
+
+        def __init__(self) -> None:
+            self.stamp: float | None = None
+            self.pairs: list[tuple[float, float]] = []
+            self.pending: float | None = None
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            now = time.perf_counter()
+            if self.stamp is not None and self.pending is not None and pl_module.chosen_strategy is not None:
+                self.pairs.append((now - self.stamp, self.pending))
+            self.pending = bare_step(batch) if pl_module.chosen_strategy is not None else None
+            self.stamp = time.perf_counter()
+
+    pairs: list[tuple[float, float]] = []
     fit_walls: list[float] = []
-    skip = 2  # first intervals of every fit (and auto's trial steps in the first)
+    skip = 2  # first pairs of every fit
     for r in range(rounds):
-        clock = StepClock()
+        clock = Interleave()
         trainer = L.Trainer(
             accelerator="cpu",
             logger=False,
@@ -372,24 +462,15 @@ def measure_trainer(row: Row, rounds: int, steps: int, log: Callable[[str], None
         t0 = time.perf_counter()
         trainer.fit(learner, train_dataloaders=DataLoader(Episodes(), batch_size=None))
         fit_walls.append(time.perf_counter() - t0)
-        intervals = [b - a for a, b in zip(clock.starts, clock.starts[1:])]
-        first = skip + (2 * learner.auto_trial_steps if r == 0 else 0)
-        trainer_steps += intervals[first:]
-        # the bare step: what training_step + backward + optimizer step cost without the Trainer
-        learner.train()
-        optimizer = torch.optim.Adam(learner.parameters(), lr=learner.lr)
-        for i in range(steps):
-            t0 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            loss, _ = learner.meta_loss(episodes[i % len(episodes)])
-            loss.backward()
-            optimizer.step()
-            if i >= skip:
-                bare_steps.append(time.perf_counter() - t0)
+        pairs += clock.pairs[skip:]
+        fits, bares = zip(*clock.pairs[skip:], strict=True)
         log(
-            f"  trainer: round {r + 1}/{rounds}: fit {statistics.median(intervals[first:]) * 1e3:.2f} ms/step, "
-            f"bare {statistics.median(bare_steps[-(steps - skip):]) * 1e3:.2f} ms/step (auto chose {learner.chosen_strategy!r})"
+            f"  trainer: round {r + 1}/{rounds}: fit {statistics.median(fits) * 1e3:.2f} ms/step, "
+            f"bare {statistics.median(bares) * 1e3:.2f} ms/step, paired ratio "
+            f"{statistics.median(f / b for f, b in clock.pairs[skip:]):.3f} (auto chose {learner.chosen_strategy!r})"
         )
+    trainer_steps = [f for f, _ in pairs]
+    bare_steps = [b for _, b in pairs]
     fit_median, bare_median = statistics.median(trainer_steps), statistics.median(bare_steps)
     fit_mean, bare_mean = statistics.fmean(trainer_steps), statistics.fmean(bare_steps)
     return {
@@ -402,6 +483,8 @@ def measure_trainer(row: Row, rounds: int, steps: int, log: Callable[[str], None
         "fit_step_mean_s": fit_mean,
         "bare_step_mean_s": bare_mean,
         "overhead_median": fit_median / bare_median - 1,
+        "overhead_paired_median": statistics.median(f / b for f, b in pairs) - 1,
+        "pairs": len(pairs),
         "overhead_mean": fit_mean / bare_mean - 1,
         "overhead_ms_per_step": (fit_median - bare_median) * 1e3,
         "fit_wall_s": fit_walls,
@@ -442,9 +525,17 @@ def print_report(results: list[dict], memory: dict, trainer: dict | None, meta: 
         + (", --quick" if meta["quick"] else "")
         + ")"
     )
-    for col, justify in (("row", "left"), ("impl", "left"), ("s/step", "right"), ("tasks/s", "right"),
-                         ("x floor", "right"), ("l2l / this", "right"), ("peak RSS MB", "right"),
-                         ("step peak MB", "right"), ("rounds", "right")):
+    for col, justify in (
+        ("row", "left"),
+        ("impl", "left"),
+        ("s/step", "right"),
+        ("tasks/s", "right"),
+        ("x floor", "right"),
+        ("l2l / this", "right"),
+        ("peak RSS MB", "right"),
+        ("step peak MB", "right"),
+        ("rounds", "right"),
+    ):
         table.add_column(col, justify=justify)
     for result in results:
         name = result["row"]["name"]
@@ -474,48 +565,82 @@ def print_report(results: list[dict], memory: dict, trainer: dict | None, meta: 
         name, row, s = result["row"]["name"], result["row"], result["summary"]
         r = s["ratios"]
         if "auto_vs_fastest" in r:
-            goals.append({
-                "goal": "auto <= fastest of l2l/vmap/loop", "row": name, "value": r["auto_vs_fastest"], "target": 1.0,
-                "met": r["auto_vs_fastest"] <= 1.05,
-                "note": f"chose {result['auto'].get('chosen')}; fastest other {s['fastest_other']} (<=1.05 counted as noise)",
-            })
+            goals.append(
+                {
+                    "goal": "auto <= fastest of l2l/vmap/loop",
+                    "row": name,
+                    "value": r["auto_vs_fastest"],
+                    "target": 1.0,
+                    "met": r["auto_vs_fastest"] <= 1.05,
+                    "note": f"chose {result['auto'].get('chosen')}; fastest other {s['fastest_other']} "
+                    "(<=1.05 counted as noise)",
+                }
+            )
         if row["kind"] == "sine" and "l2l_over_auto" in r:
-            goals.append({
-                "goal": ">= 8x learn2learn (sinusoid)", "row": name, "value": r["l2l_over_auto"], "target": 8.0,
-                "met": r["l2l_over_auto"] >= 8.0, "note": "l2l s/step over auto s/step",
-            })
+            goals.append(
+                {
+                    "goal": ">= 8x learn2learn (sinusoid)",
+                    "row": name,
+                    "value": r["l2l_over_auto"],
+                    "target": 8.0,
+                    "met": r["l2l_over_auto"] >= 8.0,
+                    "note": "l2l s/step over auto s/step",
+                }
+            )
         if row["kind"] == "conv" and not row["first_order"] and "auto_over_floor" in r:
-            goals.append({
-                "goal": "2nd-order Conv4 <= 1.25x floor", "row": name, "value": r["auto_over_floor"], "target": 1.25,
-                "met": r["auto_over_floor"] <= 1.25,
-                "note": f"auto over floor (l2l over floor {r.get('l2l_over_floor', float('nan')):.2f}; "
-                f"{row['steps']} inner step(s))",
-            })
+            goals.append(
+                {
+                    "goal": "2nd-order Conv4 <= 1.25x floor",
+                    "row": name,
+                    "value": r["auto_over_floor"],
+                    "target": 1.25,
+                    "met": r["auto_over_floor"] <= 1.25,
+                    "note": f"auto over floor (l2l over floor {r.get('l2l_over_floor', float('nan')):.2f}; "
+                    f"{row['steps']} inner step(s))",
+                }
+            )
         mem = memory.get(name, {})
         if "auto" in mem and "l2l" in mem:
             ratio = mem["auto"]["step_peak_mb"] / mem["l2l"]["step_peak_mb"]
-            goals.append({
-                "goal": "peak memory <= learn2learn", "row": name, "value": ratio, "target": 1.0, "met": ratio <= 1.0,
-                "note": f"step peak auto {mem['auto']['step_peak_mb']:.0f} MB / l2l {mem['l2l']['step_peak_mb']:.0f} MB; "
-                f"process peak {mem['auto']['peak_mb']:.0f} / {mem['l2l']['peak_mb']:.0f} MB",
-            })
+            goals.append(
+                {
+                    "goal": "peak memory <= learn2learn",
+                    "row": name,
+                    "value": ratio,
+                    "target": 1.0,
+                    "met": ratio <= 1.0,
+                    "note": f"step peak auto {mem['auto']['step_peak_mb']:.0f} MB / "
+                    f"l2l {mem['l2l']['step_peak_mb']:.0f} MB; "
+                    f"process peak {mem['auto']['peak_mb']:.0f} / {mem['l2l']['peak_mb']:.0f} MB",
+                }
+            )
     if trainer:
-        goals.append({
-            "goal": "Trainer overhead < 5%", "row": trainer["row"], "value": trainer["overhead_median"], "target": 0.05,
-            "met": trainer["overhead_median"] < 0.05,
-            "note": f"fit {trainer['fit_step_median_s'] * 1e3:.2f} ms vs bare {trainer['bare_step_median_s'] * 1e3:.2f} ms "
-            f"per step (+{trainer['overhead_ms_per_step']:.2f} ms; means: {100 * trainer['overhead_mean']:+.1f}%), "
-            f"strategy {trainer['strategy']}",
-        })
+        goals.append(
+            {
+                "goal": "Trainer overhead < 5%",
+                "row": trainer["row"],
+                "value": trainer["overhead_paired_median"],
+                "target": 0.05,
+                "met": trainer["overhead_paired_median"] < 0.05,
+                "note": f"median of {trainer['pairs']} paired steps; "
+                f"fit {trainer['fit_step_median_s'] * 1e3:.2f} ms vs bare "
+                f"{trainer['bare_step_median_s'] * 1e3:.2f} ms per step (+{trainer['overhead_ms_per_step']:.2f} ms; "
+                f"ratio of means: {100 * trainer['overhead_mean']:+.1f}%), "
+                f"strategy {trainer['strategy']}",
+            }
+        )
     gtable = Table(title="Goals (issue 3), each a ratio within this run")
     for col in ("goal", "row", "value", "target", "met", "note"):
         gtable.add_column(col, justify="right" if col in ("value", "target") else "left")
     for g in goals:
         pct = g["goal"].startswith("Trainer")
         gtable.add_row(
-            g["goal"], g["row"], f"{100 * g['value']:+.1f}%" if pct else f"{g['value']:.2f}",
+            g["goal"],
+            g["row"],
+            f"{100 * g['value']:+.1f}%" if pct else f"{g['value']:.2f}",
             f"{100 * g['target']:.0f}%" if pct else f"{g['target']:.2f}",
-            "[green]yes[/]" if g["met"] else "[red]NO[/]", g["note"],
+            "[green]yes[/]" if g["met"] else "[red]NO[/]",
+            g["note"],
         )
     console.print(gtable)
     return goals
@@ -524,25 +649,74 @@ def print_report(results: list[dict], memory: dict, trainer: dict | None, meta: 
 # ------------------------------------------------------------------------------------------------------ main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", nargs="+", choices=ALL_ROWS, default=list(DEFAULT_ROWS), metavar="ROW",
-                        help=f"rows to run, in order (default: {' '.join(DEFAULT_ROWS)}; all: {' '.join(ALL_ROWS)})")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=ALL_ROWS,
+        default=list(DEFAULT_ROWS),
+        metavar="ROW",
+        help=f"rows to run, in order (default: {' '.join(DEFAULT_ROWS)}; all: {' '.join(ALL_ROWS)})",
+    )
     parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations to time")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="timed rounds per row after the warm-up (default: 3 for Conv4 rows, 30 for sinusoids)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed rounds per row after the warm-up (default: 3 for Conv4 rows, 30 for sinusoids)",
+    )
+    parser.add_argument(
+        "--conv-tasks",
+        type=int,
+        default=None,
+        metavar="T",
+        help="meta-batch size of the Conv4 rows (default: the issue's 32 and 16; 2 with --quick)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: meta-batch 4 on Conv4 rows, few rounds, short Trainer fits, no memory")
-    parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
-                        help="measure peak RSS in a subprocess per (row, implementation) (default: on, off with --quick)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: meta-batch 2 on Conv4 rows, few rounds, short Trainer fits, no memory",
+    )
+    parser.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure peak RSS in a subprocess per (row, implementation) (default: on, off with --quick)",
+    )
+    parser.add_argument(
+        "--memory-impls",
+        nargs="+",
+        choices=IMPLS,
+        default=None,
+        help="implementations to measure memory for (default: those timed); auto's subprocess runs its "
+        "trial steps, vmap included, so its peak is at least vmap's",
+    )
+    parser.add_argument(
+        "--trainer-row",
+        choices=("sine-1", "sine-5"),
+        default="sine-1",
+        help="the sinusoid row whose step the Trainer overhead is measured on (default sine-1, the cheapest)",
+    )
     parser.add_argument("--trainer-steps", type=int, default=None, help="steps per Trainer.fit (default 300; quick 40)")
     parser.add_argument("--trainer-rounds", type=int, default=None, help="alternated fits (default 3; quick 2)")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write all figures to this JSON file")
+    parser.add_argument(
+        "--report",
+        default=None,
+        metavar="PATH",
+        help="print the tables of a JSON written by --json (also a partial one from a cut-short run)",
+    )
     parser.add_argument("--_memory", nargs=2, metavar=("ROW", "IMPL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     if args._memory:
-        memory_child(*args._memory, quick=args.quick, threads=args.threads)
+        memory_child(*args._memory, quick=args.quick, threads=args.threads, conv_tasks=args.conv_tasks)
+        return
+    if args.report:
+        with open(args.report) as f:
+            saved = json.load(f)
+        print_report(saved["rows"], saved.get("memory", {}), saved.get("trainer"), saved["meta"])
         return
     import logging
 
@@ -555,8 +729,14 @@ def main() -> None:
     load = os.getloadavg()
     meta = {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "threads": args.threads, "quick": args.quick, "torch": torch.__version__, "python": platform.python_version(),
-        "cpu_count": os.cpu_count(), "loadavg_start": load, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "threads": args.threads,
+        "quick": args.quick,
+        "conv_tasks": args.conv_tasks,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "loadavg_start": load,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "data": "random synthetic tensors (randn images, labels 0..ways-1; Sinusoid tasks)",
     }
     try:
@@ -566,34 +746,43 @@ def main() -> None:
     except ImportError:
         if "l2l" in args.impls:
             parser.error("learn2learn is not installed (scripts/install_learn2learn.sh); or pass --impls without l2l")
-    log(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs; torch {torch.__version__}, "
-        f"{args.threads} threads")
+    log(
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs; torch {torch.__version__}, "
+        f"{args.threads} threads"
+    )
     impls = tuple(args.impls)
     results, memory, trainer = [], {}, None
     for name in args.rows:
         if name == "trainer":
-            log("trainer: Trainer.fit step against the bare step (sine-1)")
+            log(f"trainer: Trainer.fit step against the bare step ({args.trainer_row})")
             trainer = measure_trainer(
-                ROWS["sine-1"],
+                ROWS[args.trainer_row],
                 rounds=args.trainer_rounds or (2 if args.quick else 3),
                 steps=args.trainer_steps or (40 if args.quick else 300),
                 log=log,
             )
             continue
         row = ROWS[name]
-        log(f"{name}: {row.title}")
-        result = time_row(row, impls, args.quick, args.repeats, log)
+        log(f"{name}: {row.title} (this run: meta-batch {row_tasks(row, args.quick, args.conv_tasks)})")
+        result = time_row(row, impls, args.quick, args.repeats, args.conv_tasks, log)
         result["summary"] = summarize(result)
         results.append(result)
         if memory_on:
-            memory[name] = measure_memory(row, impls, args.quick, args.threads, log)
+            memory[name] = measure_memory(
+                row, tuple(args.memory_impls or impls), args.quick, args.threads, args.conv_tasks, log
+            )
+        if args.json:  # partial results, in case the run is cut short
+            with open(args.json, "w") as f:
+                json.dump({"meta": meta, "rows": results, "memory": memory, "trainer": trainer, "partial": True}, f)
     meta["loadavg_end"] = os.getloadavg()
     meta["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     goals = print_report(results, memory, trainer, meta)
-    log(f"load average at the end {meta['loadavg_end'][0]:.2f} {meta['loadavg_end'][1]:.2f} {meta['loadavg_end'][2]:.2f}")
+    log("load average at the end " + " ".join(f"{x:.2f}" for x in meta["loadavg_end"]))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": results, "memory": memory, "trainer": trainer, "goals": goals}, f, indent=1)
+            json.dump(
+                {"meta": meta, "rows": results, "memory": memory, "trainer": trainer, "goals": goals}, f, indent=1
+            )
         log(f"wrote {args.json}")
 
 

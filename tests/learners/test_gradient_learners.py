@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import TensorDataset
 
 from lightning_meta import Episode
 from lightning_meta.data import EpisodicDataModule, Sinusoid
@@ -381,3 +382,17 @@ def test_training_gives_identical_weights_whatever_num_workers_is(strategy):
         weights.append({n: p.detach().clone() for n, p in learner.named_parameters()})
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])
+
+
+def test_auto_strategy_goes_straight_to_the_loop_for_convolutions_on_a_cpu():
+    learner = MAML(small_conv(ways=3).float(), inner_lr=0.1, strategy="auto")
+    used = []
+
+    class Spy(L.Callback):
+        def on_before_backward(self, trainer, pl_module, loss) -> None:
+            used.append(pl_module.current_strategy())
+
+    images = TensorDataset(torch.randn(60, 1, 16, 16), torch.arange(6).repeat_interleave(10))
+    dm = EpisodicDataModule(images, ways=3, shots=1, queries=2, tasks_per_batch=2, train_episodes=6)
+    quiet_trainer(max_epochs=1, enable_checkpointing=False, callbacks=[Spy()]).fit(learner, dm)
+    assert used == ["loop"] * 3 and learner.chosen_strategy == "loop"
