@@ -6,32 +6,12 @@ import lightning as L
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from lightning_meta import Episode
 from lightning_meta.data import EpisodicDataModule
 from lightning_meta.learners import MatchingNet
 from lightning_meta.models import Conv4
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster than on two contended cores (OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def blobs(n_classes: int, per_class: int, *, seed: int, dim: int = 16, informative: int = 4) -> TensorDataset:
-    """Gaussian blobs: class means differ in the first ``informative`` dims; the rest is loud shared noise."""
-    g = torch.Generator().manual_seed(seed)
-    means = torch.zeros(n_classes, dim)
-    means[:, :informative] = 2.0 * torch.randn(n_classes, informative, generator=g)
-    noise = torch.randn(n_classes, per_class, dim, generator=g)
-    noise[..., informative:] *= 3.0
-    x = (means.unsqueeze(1) + 0.5 * noise).reshape(-1, dim)
-    return TensorDataset(x, torch.arange(n_classes).repeat_interleave(per_class))
+from tests.helpers.synthetic import blobs
 
 
 def mlp(dim: int = 16, out: int = 16) -> nn.Module:
