@@ -27,7 +27,7 @@ warnings.filterwarnings("ignore", message=r"Attribute '.*' is an instance of `nn
 _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
 
-def _detach_from_inference(t: Tensor) -> Tensor:
+def _outside_inference_mode(t: Tensor) -> Tensor:
     """A tensor made under ``torch.inference_mode`` cannot be saved for backward: copy it out."""
     return t.clone() if t.is_inference() else t
 
@@ -156,7 +156,7 @@ class MetaLearner(L.LightningModule):
         if not self.adapts_with_gradients:
             return self.meta_loss(batch)
         with torch.inference_mode(False), torch.enable_grad():
-            batch = batch._apply(_detach_from_inference)
+            batch = batch._apply(_outside_inference_mode)
             loss, predictions = self.meta_loss(batch)
         return loss.detach(), predictions.detach()
 

@@ -11,25 +11,11 @@ from lightning_meta import Episode
 from lightning_meta.data import EpisodicDataModule
 from lightning_meta.learners import MatchingNet
 from lightning_meta.models import Conv4
-from tests.helpers.synthetic import blobs
+from tests.helpers.synthetic import blobs, random_meta_batch
 
 
 def mlp(dim: int = 16, out: int = 16) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, 32), nn.ReLU(), nn.Linear(32, out))
-
-
-def random_meta_batch(n_tasks: int, ways: int, shots: int, queries: int, dim: int, *, seed: int = 0) -> Episode:
-    g = torch.Generator().manual_seed(seed)
-    support_y = torch.stack([torch.arange(ways).repeat(shots)[torch.randperm(ways * shots, generator=g)]
-                             for _ in range(n_tasks)])  # fmt: skip
-    return Episode(
-        torch.randn(n_tasks, ways * shots, dim, generator=g, dtype=torch.float64),
-        support_y,
-        torch.randn(n_tasks, ways * queries, dim, generator=g, dtype=torch.float64),
-        torch.randint(ways, (n_tasks, ways * queries), generator=g),
-        ways=ways,
-        batched=True,
-    )
 
 
 def hand_attention(backbone: nn.Module, episode: Episode, scale: float) -> torch.Tensor:

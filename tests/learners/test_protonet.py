@@ -18,26 +18,11 @@ from lightning_meta.data import EpisodicDataModule
 from lightning_meta.learners import ProtoNet
 from lightning_meta.models import Conv4
 from lightning_meta.results import EpisodeResult, report_test_results, result_from_trainer
-from tests.helpers.synthetic import blobs
+from tests.helpers.synthetic import blobs, random_meta_batch
 
 
 def mlp(dim: int = 16, out: int = 16) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, 32), nn.ReLU(), nn.Linear(32, out))
-
-
-def random_meta_batch(n_tasks: int, ways: int, shots: int, queries: int, dim: int, *, seed: int = 0) -> Episode:
-    """Tasks whose support labels are shuffled (not grouped), so the test cannot rely on the layout."""
-    g = torch.Generator().manual_seed(seed)
-    support_y = torch.stack([torch.arange(ways).repeat(shots)[torch.randperm(ways * shots, generator=g)]
-                             for _ in range(n_tasks)])  # fmt: skip
-    return Episode(
-        torch.randn(n_tasks, ways * shots, dim, generator=g, dtype=torch.float64),
-        support_y,
-        torch.randn(n_tasks, ways * queries, dim, generator=g, dtype=torch.float64),
-        torch.randint(ways, (n_tasks, ways * queries), generator=g),
-        ways=ways,
-        batched=True,
-    )
 
 
 def hand_logits(backbone: nn.Module, episode: Episode, distance: str, scale: float = 1.0) -> torch.Tensor:

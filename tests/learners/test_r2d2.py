@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_meta import Episode
 from lightning_meta.data import EpisodicDataModule
 from lightning_meta.learners import R2D2
 from lightning_meta.learners.r2d2 import ridge_regression
-from tests.helpers.synthetic import blobs
+from tests.helpers.synthetic import blobs, random_meta_batch
 
 
 def mlp(dim: int = 16, out: int = 32) -> nn.Module:
@@ -42,20 +41,6 @@ def test_ridge_regression_equals_solve_of_the_normal_equations_in_float64(form, 
 def test_ridge_regression_rejects_an_unknown_form():
     with pytest.raises(ValueError, match=r"form must be one of \('auto', 'dual', 'primal'\), got 'cholesky'"):
         ridge_regression(torch.zeros(1, 2, 3), torch.zeros(1, 2, 1), 1.0, form="cholesky")
-
-
-def random_meta_batch(n_tasks: int, ways: int, shots: int, queries: int, dim: int, *, seed: int = 0) -> Episode:
-    g = torch.Generator().manual_seed(seed)
-    support_y = torch.stack([torch.arange(ways).repeat(shots)[torch.randperm(ways * shots, generator=g)]
-                             for _ in range(n_tasks)])  # fmt: skip
-    return Episode(
-        torch.randn(n_tasks, ways * shots, dim, generator=g, dtype=torch.float64),
-        support_y,
-        torch.randn(n_tasks, ways * queries, dim, generator=g, dtype=torch.float64),
-        torch.randint(ways, (n_tasks, ways * queries), generator=g),
-        ways=ways,
-        batched=True,
-    )
 
 
 def test_r2d2_head_and_logits_match_the_paper_formula():
