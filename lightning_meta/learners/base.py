@@ -10,11 +10,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters, _given_hyperparameters_context
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 from lightning.pytorch.utilities.parsing import collect_init_args
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
+from lightning_meta.checkpoint import CheckedCheckpointIO, raise_if_corrupt
 from lightning_meta.episode import Episode
 from lightning_meta.metrics import EpisodeAccuracy, per_episode_accuracy
 from lightning_meta.results import report_test_results
@@ -99,6 +102,35 @@ class MetaLearner(L.LightningModule):
         config = {k: (v.init_config if isinstance(v, nn.Module) else v) for k, v in init_args.items()}
         with _given_hyperparameters_context(hparams=config, instantiator=_INSTANTIATOR):
             self.save_hyperparameters()
+
+    @_restricted_classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Lightning's ``load_from_checkpoint``, with a clear error for an unreadable file.
+
+        Raises:
+            CorruptCheckpointError: the file is empty, cut short or damaged; the message names the intact
+                checkpoints beside it.
+        """
+        raise_if_corrupt(checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
+
+    @override
+    def setup(self, stage: str) -> None:
+        """Give the Trainer's default checkpoint IO a clear error for unreadable checkpoints (``ckpt_path=...``).
+
+        Runs before Lightning restores a checkpoint. A checkpoint IO plugin of the user's own is left alone.
+        """
+        strategy = self.trainer.strategy
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:
+            strategy.checkpoint_io = CheckedCheckpointIO()
 
     # ----------------------------------------------------------------------------------------------- method API
     def adapt(self, support: Episode) -> Any:
