@@ -1,6 +1,7 @@
 """Episodic data: task families, datasets and the datamodule that turns them into meta-batches."""
 
 from lightning_meta.data.datamodule import EpisodicDataModule
+from lightning_meta.data.learn2learn import Learn2LearnTasks
 from lightning_meta.data.miniimagenet import MiniImageNet
 from lightning_meta.data.omniglot import Omniglot
 from lightning_meta.data.sampler import EpisodeDataset, EpisodeLoader, EpisodeSampler, episode_generator, episode_seed
@@ -13,6 +14,7 @@ __all__ = [
     "EpisodeSampler",
     "EpisodicDataModule",
     "LabelledTasks",
+    "Learn2LearnTasks",
     "MiniImageNet",
     "Omniglot",
     "Sinusoid",

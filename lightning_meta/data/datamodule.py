@@ -128,6 +128,12 @@ class EpisodicDataModule(L.LightningDataModule):
                 raise ValueError(f"EpisodicDataModule has no {split} data: pass {split}=... to use this stage.")
             if isinstance(data, TaskFamily):
                 tasks: TaskFamily = data
+            elif callable(getattr(data, "sample", None)) and hasattr(data, "task_transforms"):
+                raise TypeError(
+                    f"EpisodicDataModule {split}= got a learn2learn {type(data).__name__}: wrap it as "
+                    f"{split}=Learn2LearnTasks(taskset) (from lightning_meta.data) so that its tasks become seeded "
+                    "episodes."
+                )
             elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
                 tasks = LabelledTasks(data, split=split)  # type: ignore[arg-type]
             else:
