@@ -65,8 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-IMPLS = ("vmap", "loop", "auto", "l2l", "floor")
-OURS = ("vmap", "loop", "auto")
+IMPLS = ("vmap", "loop", "auto", "l2l", "floor", "vmap-compiled", "loop-compiled")
+OURS = ("vmap", "loop", "auto", "vmap-compiled", "loop-compiled")
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,8 @@ class Impl:
                 inner_lr=row.inner_lr,
                 inner_steps=row.steps,
                 first_order=row.first_order,
-                strategy=name,
+                strategy=name.removesuffix("-compiled"),
+                compile_inner_loop=name.endswith("-compiled"),
             )
             self.learner.train()
             params = self.learner.parameters()
@@ -299,6 +300,9 @@ def time_row(
         impl = Impl(name, row, model, batch)
         t0 = time.perf_counter()
         impl.setup()
+        if name.endswith("-compiled"):  # compile outside the timed rounds
+            impl.step()
+            log(f"  {row.name}: {name} compiled in {time.perf_counter() - t0:.1f} s")
         if impl.info:
             log(
                 f"  {row.name}: auto chose {impl.info['chosen']!r} after {impl.info['trial_steps']} trial steps "
@@ -504,6 +508,9 @@ def summarize(result: dict) -> dict:
         fastest = [min(times[n][r] for n in contenders) for r in range(len(times["auto"]))]
         summary["ratios"]["auto_vs_fastest"] = median_ratio(times["auto"], fastest)
         summary["fastest_other"] = min(contenders, key=lambda n: summary["median_s"][n])
+    for name in ("vmap", "loop"):
+        if name in times and f"{name}-compiled" in times:
+            summary["ratios"][f"{name}_over_{name}-compiled"] = median_ratio(times[name], times[f"{name}-compiled"])
     if "l2l" in times:
         for name in OURS:
             if name in times:
@@ -657,7 +664,13 @@ def main() -> None:
         metavar="ROW",
         help=f"rows to run, in order (default: {' '.join(DEFAULT_ROWS)}; all: {' '.join(ALL_ROWS)})",
     )
-    parser.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS), help="implementations to time")
+    parser.add_argument(
+        "--impls",
+        nargs="+",
+        choices=IMPLS,
+        default=list(IMPLS[:5]),
+        help="implementations to time (default: all but the compiled ones)",
+    )
     parser.add_argument(
         "--repeats",
         type=int,

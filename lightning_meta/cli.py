@@ -45,7 +45,9 @@ class MetaCLI(LightningCLI):
         """Print the query error before and after adaptation (learners that can report it)."""
         summarize = getattr(self.model, "summarize_adaptation", None)
         if summarize is not None and self.trainer.is_global_zero:
-            summarize(self.datamodule)
+            # as many validation meta-batches as the Trainer's validation used (fast_dev_run, limit_val_batches)
+            used = [n for n in self.trainer.num_val_batches if n != float("inf")]
+            summarize(self.datamodule, max_batches=int(sum(used)) if used else None)
 
 
 def main(args: Sequence[str] | None = None) -> None:

@@ -43,8 +43,9 @@ autograd altogether, so the inner loop refuses to run under it.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Literal, NamedTuple, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 import torch
 from torch import Tensor, nn
@@ -86,7 +87,56 @@ def forward_with(model: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> T
         >>> forward_with(model, params, torch.randn(3, 1)).tolist()
         [[0.0], [0.0], [0.0]]
     """
-    return functional_call(model, dict(params), (x,))
+    return _call(model, params, x)
+
+
+#: Per model: ``None`` when no submodule is reachable under two names (almost always), else every name of a
+#: parameter or buffer -> the names of the distinct (module, attribute) slots that hold the same tensor.
+_ALIASES: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[str, ...]] | None] = weakref.WeakKeyDictionary()
+
+
+def _aliases(model: nn.Module) -> dict[str, tuple[str, ...]] | None:
+    if model in _ALIASES:
+        return _ALIASES[model]
+    named = list(model.named_modules(remove_duplicate=False))
+    aliases: dict[str, tuple[str, ...]] | None = None
+    if len(named) != len({id(m) for _, m in named}):
+        slot_names: dict[tuple[int, str], list[str]] = {}  # (module, attribute) -> every name that reaches it
+        tensor_slots: dict[int, list[tuple[int, str]]] = {}  # tensor -> its distinct slots, in order
+        for prefix, module in named:
+            for attr, tensor in (*module._parameters.items(), *module._buffers.items()):
+                if tensor is None:
+                    continue
+                slot = (id(module), attr)
+                if slot not in slot_names:
+                    slot_names[slot] = []
+                    tensor_slots.setdefault(id(tensor), []).append(slot)
+                slot_names[slot].append(f"{prefix}.{attr}" if prefix else attr)
+        aliases = {}
+        for slots in tensor_slots.values():
+            distinct = tuple(slot_names[slot][0] for slot in slots)
+            for slot in slots:
+                for name in slot_names[slot]:
+                    aliases[name] = distinct
+    _ALIASES[model] = aliases
+    return aliases
+
+
+def _call(model: nn.Module, tensors: Mapping[str, Tensor] | tuple[Mapping[str, Tensor], ...], x: Tensor) -> Tensor:
+    """``functional_call(model, tensors, (x,))``, also for a model that holds one submodule under two names.
+
+    ``torch.func.functional_call`` swaps such a submodule's tensors twice and restores the wrong ones
+    (pytorch/pytorch#164759: learn2learn's ``OmniglotCNN`` is such a model); here each (module, attribute) slot is
+    given once, and weights genuinely tied across two slots are given to both.
+    """
+    aliases = _aliases(model)
+    if aliases is None:
+        return functional_call(model, tensors if isinstance(tensors, tuple) else dict(tensors), (x,))  # type: ignore[arg-type]
+    merged: dict[str, Tensor] = {}
+    for part in tensors if isinstance(tensors, tuple) else (tensors,):
+        merged.update(part)
+    expanded = {alias: tensor for name, tensor in merged.items() for alias in aliases.get(name, (name,))}
+    return functional_call(model, expanded, (x,), tie_weights=False)
 
 
 def sgd_step(
@@ -206,6 +256,7 @@ def adapt_batch(
     names: Collection[str] | None = None,
     return_all: bool = False,
     strategy: Strategy = "vmap",
+    compiled: bool = False,
 ) -> Params | list[Params]:
     """Adapt ``params`` to each of the ``T`` tasks of a meta-batch, as :func:`inner_loop` does for one task.
 
@@ -225,6 +276,11 @@ def adapt_batch(
         names: the parameters to adapt (default: all of ``params``).
         return_all: return the parameters after every step (a list of ``steps`` dictionaries).
         strategy: ``"vmap"`` or ``"loop"``.
+        compiled: run the adaptation (of the whole meta-batch under ``"vmap"``, of each task under ``"loop"``)
+            through :func:`torch.compile`. Its gradients are then taken with :func:`torch.func.grad`, which
+            ``torch.compile`` traces into one graph that autograd differentiates again, so second order works
+            (``torch.autograd.grad(create_graph=True)`` inside a compiled function would not: its backward cannot
+            be differentiated twice). The first call of each shape compiles (seconds to a minute on a CPU).
 
     Returns:
         Every entry of ``params``: each adapted parameter with a leading task dimension ``[T, *shape]``, the
@@ -256,22 +312,55 @@ def adapt_batch(
     if steps == 0:
         return [] if return_all else dict(params)
     if strategy == "loop":
-        per_task = [
-            _adapt(model, plan, params, x, y, loss_fn, first_order=first_order, functorch=False)
-            for x, y in zip(support_x.unbind(0), support_y.unbind(0), strict=True)
-        ]
+        if compiled:
+            first_order = _cut_graph(first_order)
+            adapt_task = _compile(_adapt_task)
+            per_task = [adapt_task(model, plan, params, x, y, loss_fn, first_order)
+                        for x, y in zip(support_x.unbind(0), support_y.unbind(0), strict=True)]  # fmt: skip
+        else:
+            per_task = [
+                _adapt(model, plan, params, x, y, loss_fn, first_order=first_order, functorch=False)
+                for x, y in zip(support_x.unbind(0), support_y.unbind(0), strict=True)
+            ]
         kept = range(steps) if return_all else [steps - 1]
         trace = [{name: torch.stack([task[step][name] for task in per_task]) for name in plan.names} for step in kept]
     else:
-        first_order = _cut_graph(first_order)
-        fixed = _fixed(params, plan.names, detached=first_order)
-
-        def adapt_task(x: Tensor, y: Tensor) -> list[Params]:
-            trace = _adapt(model, plan, params, x, y, loss_fn, first_order=first_order, functorch=True, fixed=fixed)
-            return trace if return_all else trace[-1:]
-
-        trace = vmap(adapt_task, randomness="different")(support_x, support_y)
+        adapt_tasks = _compile(_adapt_tasks_vmap) if compiled else _adapt_tasks_vmap
+        trace = adapt_tasks(model, plan, params, support_x, support_y, loss_fn, _cut_graph(first_order), return_all)
     return [{**params, **fast} for fast in trace] if return_all else {**params, **trace[-1]}
+
+
+def _adapt_task(
+    model: nn.Module, plan: _Plan, params: Mapping[str, Tensor], x: Tensor, y: Tensor, loss_fn: LossFn,
+    first_order: bool,
+) -> list[Params]:  # fmt: skip
+    """One task's adaptation with :func:`torch.func.grad` (what ``compiled=True`` compiles per task)."""
+    fixed = _fixed(params, plan.names, detached=first_order)
+    return _adapt(model, plan, params, x, y, loss_fn, first_order=first_order, functorch=True, fixed=fixed)
+
+
+def _adapt_tasks_vmap(
+    model: nn.Module, plan: _Plan, params: Mapping[str, Tensor], support_x: Tensor, support_y: Tensor,
+    loss_fn: LossFn, first_order: bool, return_all: bool,
+) -> list[Params]:  # fmt: skip
+    """Every task's adaptation at once under :func:`torch.func.vmap`; ``first_order`` already through _cut_graph."""
+    fixed = _fixed(params, plan.names, detached=first_order)
+
+    def adapt_task(x: Tensor, y: Tensor) -> list[Params]:
+        trace = _adapt(model, plan, params, x, y, loss_fn, first_order=first_order, functorch=True, fixed=fixed)
+        return trace if return_all else trace[-1:]
+
+    return vmap(adapt_task, randomness="different")(support_x, support_y)  # type: ignore[no-any-return]
+
+
+_COMPILED: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def _compile(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compile(function)``, made once per function (torch.compile keeps one cache per code object)."""
+    if function not in _COMPILED:
+        _COMPILED[function] = torch.compile(function)
+    return _COMPILED[function]
 
 
 def forward_batch(
@@ -311,13 +400,13 @@ def forward_batch(
         unbound = {name: tensor.unbind(0) for name, tensor in per_task.items()}
         return torch.stack(
             [
-                functional_call(model, {**shared, **{name: t[i] for name, t in unbound.items()}}, (x,))
+                _call(model, {**shared, **{name: t[i] for name, t in unbound.items()}}, x)
                 for i, x in enumerate(query_x.unbind(0))
             ]
         )
 
     def forward_task(task_params: Params, x: Tensor) -> Tensor:
-        return functional_call(model, (task_params, shared), (x,))
+        return _call(model, (task_params, shared), x)
 
     return vmap(forward_task, randomness="different")(per_task, query_x)
 
@@ -515,7 +604,7 @@ def _grads_autograd(
             inputs = {name: p.detach().requires_grad_() for name, p in fast.items()}
         else:
             inputs = {name: p if p.requires_grad else p.detach().requires_grad_() for name, p in fast.items()}
-        loss = loss_fn(functional_call(model, (inputs, fixed), (x,)), y)
+        loss = loss_fn(_call(model, (inputs, fixed), x), y)
         grads = torch.autograd.grad(loss, tuple(inputs.values()), create_graph=not first_order, allow_unused=True)
     return dict(zip(inputs, grads, strict=True))
 
@@ -524,7 +613,7 @@ def _grads_functorch(
     model: nn.Module, fast: Params, fixed: Params, x: Tensor, y: Tensor, loss_fn: LossFn, first_order: bool
 ) -> dict[str, Tensor | None]:
     def support_loss(inputs: Params) -> Tensor:
-        return loss_fn(functional_call(model, (inputs, fixed), (x,)), y)
+        return loss_fn(_call(model, (inputs, fixed), x), y)
 
     if first_order:
         fast = {name: p.detach() for name, p in fast.items()}

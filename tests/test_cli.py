@@ -35,3 +35,30 @@ def test_default_config_is_maml_on_sinusoids(capsys):
 def test_torch_num_threads_must_be_positive():
     with pytest.raises(ValueError, match="--torch_num_threads must be a positive integer, got 0"):
         main(["fit", "--config", str(DEFAULT_CONFIG), "--torch_num_threads=0"])
+
+
+@pytest.mark.parametrize(
+    ("learner", "own_argument"),
+    [("MAML", "multi_step_loss"), ("ANIL", "head"), ("MetaSGD", "inner_precision"), ("Reptile", "compile_inner_loop"),
+     ("ProtoNet", "distance"), ("MatchingNet", "full_context_embeddings"), ("R2D2", "learn_lambda")],
+)  # fmt: skip
+def test_every_learner_is_selectable_by_class_name_with_its_arguments(capsys, learner, own_argument):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--model", learner, "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert f"class_path: lightning_meta.{learner}" in printed, printed
+    assert f"    {own_argument}:" in printed, printed
+
+
+def test_validate_and_test_load_the_checkpoint_of_a_fit(capsys, tmp_path):
+    short = ["--config", str(DEFAULT_CONFIG), "--data.init_args.train_episodes=50", "--data.init_args.eval_episodes=25",
+             f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    main(["fit", *short, "--trainer.max_epochs=1", "--trainer.enable_checkpointing=true"])
+    (checkpoint,) = tmp_path.glob("**/*.ckpt")
+    capsys.readouterr()
+    main(["validate", *short, f"--ckpt_path={checkpoint}"])
+    validated = capsys.readouterr().out
+    main(["test", *short, "--data.init_args.test.class_path=lightning_meta.data.Sinusoid", f"--ckpt_path={checkpoint}"])
+    tested = capsys.readouterr().out
+    assert "val/mse" in validated and "test/mse" in tested, (validated, tested)

@@ -13,6 +13,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import lightning_meta.functional as functional_module
 from lightning_meta.functional import (
@@ -430,3 +431,38 @@ def test_meta_gradient_matches_learn2learn_maml(l2l, case, first_order, steps):
 
 def test_docstring_examples_run():
     assert doctest.testmod(functional_module).failed == 0
+
+
+class _SharedAndTied(nn.Module):
+    """One submodule under two names (as learn2learn's OmniglotCNN) and a weight tied across two layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(2, 2)
+        self.alias = self.body
+        self.encode, self.decode = nn.Linear(2, 2), nn.Linear(2, 2)
+        self.decode.weight = self.encode.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(self.alias(x))) + self.body(x)
+
+
+def test_forward_with_handles_a_submodule_under_two_names_and_tied_weights():
+    model = _SharedAndTied()
+    originals = {name: p for name, p in model.named_parameters()}
+    assert sorted(originals) == ["body.bias", "body.weight", "decode.bias", "encode.bias", "encode.weight"]
+    new = {name: torch.randn_like(p) for name, p in originals.items()}
+    x = torch.randn(3, 2)
+    out = forward_with(model, new, x)
+    w, b = new["body.weight"], new["body.bias"]
+    h = x @ w.T + b
+    expected = (h @ new["encode.weight"].T + new["encode.bias"]) @ new["encode.weight"].T + new["decode.bias"] + h
+    torch.testing.assert_close(out, expected)
+    # the module is left as it was: its own parameters, still shared and tied
+    assert all(p is originals[n] for n, p in model.named_parameters())
+    assert model.alias is model.body and model.decode.weight is model.encode.weight
+    assert isinstance(model.body.weight, nn.Parameter)
+    # and gradients flow to the given tensors through both uses
+    grads = torch.autograd.grad(forward_with(model, {n: t.requires_grad_() for n, t in new.items()}, x).sum(),
+                                list(new.values()))  # fmt: skip
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from typing_extensions import override
 
-from lightning_meta.learners.gradient import StrategyChoice
+from lightning_meta.learners.gradient import InnerPrecision, StrategyChoice
 from lightning_meta.learners.maml import MAML
 
 
@@ -27,6 +27,9 @@ class ANIL(MAML):
         multi_step_loss_epochs: epochs over which its weights anneal.
         learn_inner_lr: MAML++'s per-layer per-step learned inner learning rates.
         strategy: ``"auto"``, ``"vmap"`` or ``"loop"``.
+        inner_precision: ``"float32"`` or ``"autocast"``: the inner loop's precision under mixed precision
+            (see :class:`~lightning_meta.learners.gradient.GradientLearner`).
+        compile_inner_loop: adapt through :func:`torch.compile`.
         lr: learning rate of the outer optimizer.
 
     Raises:
@@ -51,6 +54,8 @@ class ANIL(MAML):
         multi_step_loss_epochs: int = 10,
         learn_inner_lr: bool = False,
         strategy: StrategyChoice = "auto",
+        inner_precision: InnerPrecision = "float32",
+        compile_inner_loop: bool = False,
         lr: float = 1e-3,
     ) -> None:
         names = (
@@ -73,6 +78,8 @@ class ANIL(MAML):
             multi_step_loss_epochs=multi_step_loss_epochs,
             learn_inner_lr=learn_inner_lr,
             strategy=strategy,
+            inner_precision=inner_precision,
+            compile_inner_loop=compile_inner_loop,
             lr=lr,
         )
 

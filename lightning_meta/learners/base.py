@@ -83,6 +83,10 @@ class MetaLearner(L.LightningModule):
         checkpoint loads with PyTorch's safe ``weights_only`` loading, in a process that has not imported the
         training code. Any other module is saved pickled; load such a checkpoint, when you trust it, with
         ``load_from_checkpoint(path, weights_only=False)``.
+
+        Only the arguments of the class being built are saved (``load_from_checkpoint`` calls that class): a subclass
+        that builds its backbone from its own arguments, as in ``examples/subclass_a_learner.py``, saves those
+        arguments and not the backbone its parent received.
         """
         current = inspect.currentframe()
         frame = current.f_back if current is not None else None
@@ -95,9 +99,14 @@ class MetaLearner(L.LightningModule):
         init_args: dict[str, Any] = {}
         for args in collect_init_args(frame, []):
             init_args.update(args)
+        own = inspect.signature(type(self).__init__).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
+            init_args = {k: v for k, v in init_args.items() if k in own}
+        if not init_args:
+            return
         modules = {k: v for k, v in init_args.items() if isinstance(v, nn.Module)}
-        if any(getattr(m, "init_config", None) is None for m in modules.values()):
-            self.save_hyperparameters(frame=frame)
+        if not modules or any(getattr(m, "init_config", None) is None for m in modules.values()):
+            self.save_hyperparameters(*init_args, frame=frame)
             return
         config = {k: (v.init_config if isinstance(v, nn.Module) else v) for k, v in init_args.items()}
         with _given_hyperparameters_context(hparams=config, instantiator=_INSTANTIATOR):

@@ -10,7 +10,7 @@ from typing_extensions import override
 
 from lightning_meta import functional
 from lightning_meta.episode import Episode
-from lightning_meta.learners.gradient import GradientLearner, StrategyChoice
+from lightning_meta.learners.gradient import GradientLearner, InnerPrecision, StrategyChoice
 
 
 class MAML(GradientLearner):
@@ -43,6 +43,9 @@ class MAML(GradientLearner):
         multi_step_loss_epochs: epochs over which its weights anneal to the last step.
         learn_inner_lr: MAML++'s per-layer per-step learned inner learning rates.
         strategy: ``"auto"``, ``"vmap"`` or ``"loop"`` (see :class:`GradientLearner`).
+        inner_precision: ``"float32"`` or ``"autocast"``: the inner loop's precision under mixed precision
+            (see :class:`~lightning_meta.learners.gradient.GradientLearner`).
+        compile_inner_loop: adapt through :func:`torch.compile`.
         lr: learning rate of the outer optimizer (Adam).
 
     Example:
@@ -70,6 +73,8 @@ class MAML(GradientLearner):
         multi_step_loss_epochs: int = 10,
         learn_inner_lr: bool = False,
         strategy: StrategyChoice = "auto",
+        inner_precision: InnerPrecision = "float32",
+        compile_inner_loop: bool = False,
         lr: float = 1e-3,
     ) -> None:
         super().__init__(
@@ -78,6 +83,8 @@ class MAML(GradientLearner):
             inner_steps=inner_steps,
             eval_inner_steps=eval_inner_steps,
             strategy=strategy,
+            inner_precision=inner_precision,
+            compile_inner_loop=compile_inner_loop,
             lr=lr,
         )
         if isinstance(multi_step_loss_epochs, bool) or not isinstance(multi_step_loss_epochs, int):

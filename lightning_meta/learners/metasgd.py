@@ -7,7 +7,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_meta import functional
-from lightning_meta.learners.gradient import StrategyChoice
+from lightning_meta.learners.gradient import InnerPrecision, StrategyChoice
 from lightning_meta.learners.maml import MAML
 
 
@@ -25,6 +25,9 @@ class MetaSGD(MAML):
         eval_inner_steps: inner steps at validation and test (default: ``inner_steps``).
         first_order: treat the inner gradients as constants (the rates still learn).
         strategy: ``"auto"``, ``"vmap"`` or ``"loop"``.
+        inner_precision: ``"float32"`` or ``"autocast"``: the inner loop's precision under mixed precision
+            (see :class:`~lightning_meta.learners.gradient.GradientLearner`).
+        compile_inner_loop: adapt through :func:`torch.compile`.
         lr: learning rate of the outer optimizer.
 
     Example:
@@ -43,6 +46,8 @@ class MetaSGD(MAML):
         eval_inner_steps: int | None = None,
         first_order: bool = False,
         strategy: StrategyChoice = "auto",
+        inner_precision: InnerPrecision = "float32",
+        compile_inner_loop: bool = False,
         lr: float = 1e-3,
     ) -> None:
         super().__init__(
@@ -52,6 +57,8 @@ class MetaSGD(MAML):
             eval_inner_steps=eval_inner_steps,
             first_order=first_order,
             strategy=strategy,
+            inner_precision=inner_precision,
+            compile_inner_loop=compile_inner_loop,
             lr=lr,
         )
         self.meta_sgd_lrs = nn.ParameterDict(

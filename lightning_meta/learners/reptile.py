@@ -10,7 +10,7 @@ from typing_extensions import override
 
 from lightning_meta.episode import Episode
 from lightning_meta.functional import Params
-from lightning_meta.learners.gradient import GradientLearner, StrategyChoice
+from lightning_meta.learners.gradient import GradientLearner, InnerPrecision, StrategyChoice
 
 
 class Reptile(GradientLearner):
@@ -31,6 +31,9 @@ class Reptile(GradientLearner):
         inner_steps: inner steps during training.
         eval_inner_steps: inner steps at validation and test (default: ``inner_steps``).
         strategy: ``"auto"``, ``"vmap"`` or ``"loop"``.
+        inner_precision: ``"float32"`` or ``"autocast"``: the inner loop's precision under mixed precision
+            (see :class:`~lightning_meta.learners.gradient.GradientLearner`).
+        compile_inner_loop: adapt through :func:`torch.compile`.
         lr: outer step size (SGD learning rate).
 
     Example:
@@ -53,6 +56,8 @@ class Reptile(GradientLearner):
         inner_steps: int = 5,
         eval_inner_steps: int | None = None,
         strategy: StrategyChoice = "auto",
+        inner_precision: InnerPrecision = "float32",
+        compile_inner_loop: bool = False,
         lr: float = 1.0,
     ) -> None:
         super().__init__(
@@ -61,6 +66,8 @@ class Reptile(GradientLearner):
             inner_steps=inner_steps,
             eval_inner_steps=eval_inner_steps,
             strategy=strategy,
+            inner_precision=inner_precision,
+            compile_inner_loop=compile_inner_loop,
             lr=lr,
         )
         self.save_learner_hyperparameters()

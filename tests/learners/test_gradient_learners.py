@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from lightning_meta import Episode
@@ -396,3 +397,11 @@ def test_auto_strategy_goes_straight_to_the_loop_for_convolutions_on_a_cpu():
     dm = EpisodicDataModule(images, ways=3, shots=1, queries=2, tasks_per_batch=2, train_episodes=6)
     quiet_trainer(max_epochs=1, enable_checkpointing=False, callbacks=[Spy()]).fit(learner, dm)
     assert used == ["loop"] * 3 and learner.chosen_strategy == "loop"
+
+
+def test_auto_strategy_goes_straight_to_the_loop_for_native_batch_norm(caplog):
+    """PyTorch's BatchNorm gives wrong second-order gradients under vmap (or refuses it with running statistics)."""
+    model = nn.Sequential(nn.Linear(1, 8), nn.BatchNorm1d(8, track_running_stats=False), nn.ReLU(), nn.Linear(8, 1))
+    learner = MAML(model, inner_lr=0.01, strategy="auto")
+    learner.on_train_batch_start(None, 0)
+    assert learner.chosen_strategy == "loop" and learner.current_strategy() == "loop"

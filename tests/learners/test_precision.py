@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from lightning_meta import Episode
+from lightning_meta.learners import MAML
+from lightning_meta.models import Conv4
 from tests.helpers.ddp_one_step import LEARNERS, datamodule
 
 
@@ -32,3 +35,66 @@ def test_bf16_mixed_training_is_finite_and_close_to_float32(name):
         assert abs(bf16[key] - fp32[key]) < 0.05, (bf16[key], fp32[key])
     else:
         assert bf16[key] == pytest.approx(fp32[key], rel=0.02), (bf16[key], fp32[key])
+
+
+# ------------------------------------------------------------------------ the inner loop's precision under autocast
+def _image_meta_batch() -> Episode:
+    g = torch.Generator().manual_seed(0)
+
+    def x(n: int) -> torch.Tensor:
+        return torch.rand(4, n, 1, 28, 28, generator=g)
+
+    def y(k: int) -> torch.Tensor:
+        return torch.arange(5).repeat_interleave(k).expand(4, -1)
+
+    return Episode(x(5), y(1), x(25), y(5), ways=5, batched=True)
+
+
+def _meta_gradient(
+    inner_precision: str, dtype: torch.dtype | None, loss_scale: float = 1.0, strategy: str = "loop"
+) -> torch.Tensor:
+    """Second-order MAML meta-gradient of a Conv4 (loss scaled as GradScaler does under float16, then unscaled)."""
+    torch.manual_seed(0)
+    learner = MAML(Conv4(1, 32, 5, 28), inner_lr=0.4, strategy=strategy, inner_precision=inner_precision)
+    with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        loss, _ = learner.meta_loss(_image_meta_batch())
+    (loss * loss_scale).backward()
+    return torch.cat([p.grad.flatten() for p in learner.parameters()]) / loss_scale
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize(("dtype", "loss_scale"), [(torch.bfloat16, 1.0), (torch.float16, 2.0**16)])
+def test_float32_inner_loop_keeps_the_mixed_precision_meta_gradient_close_to_float32(dtype, loss_scale):
+    reference = _meta_gradient("float32", None)
+    inner_float32 = _meta_gradient("float32", dtype, loss_scale)
+    inner_autocast = _meta_gradient("autocast", dtype, loss_scale)
+    assert torch.isfinite(inner_float32).all() and torch.isfinite(inner_autocast).all()
+    # observed (Conv4-32, 4 tasks 5-way 1-shot 5-query): bf16 0.053 vs 0.237; float16 with GradScaler's first scale
+    # 0.025 vs 0.062. What remains with a float32 inner loop is the query forward's own rounding.
+    assert _relative_error(inner_float32, reference) < 0.08
+    assert _relative_error(inner_autocast, reference) > 2 * _relative_error(inner_float32, reference)
+
+
+def test_float16_inner_loop_under_vmap_turns_the_meta_gradient_to_nan_and_a_float32_one_does_not():
+    """Lightning issue #12600, reproduced on the CPU: float16 autocast, GradScaler's first scale (2**16), vmap."""
+    reference = _meta_gradient("float32", None, strategy="vmap")
+    inner_autocast = _meta_gradient("autocast", torch.float16, 2.0**16, strategy="vmap")
+    inner_float32 = _meta_gradient("float32", torch.float16, 2.0**16, strategy="vmap")
+    assert torch.isnan(inner_autocast).any()  # observed: 28,357 of the Conv4-32's gradient entries
+    assert torch.isfinite(inner_float32).all()
+    assert _relative_error(inner_float32, reference) < 0.01  # observed 0.0003
+
+
+def test_the_inner_loop_computes_in_float32_and_the_query_in_bf16_by_default():
+    """Per task: one inner-loop forward of the support set (5 images), one query forward (25 images)."""
+    for inner_precision, support_dtype in (("float32", torch.float32), ("autocast", torch.bfloat16)):
+        learner = MAML(Conv4(1, 8, 5, 28), inner_lr=0.4, strategy="loop", inner_precision=inner_precision)
+        seen: list[tuple[int, torch.dtype]] = []
+        conv = next(m for m in learner.modules() if isinstance(m, torch.nn.Conv2d))
+        conv.register_forward_hook(lambda module, args, output, seen=seen: seen.append((output.shape[0], output.dtype)))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            learner.meta_loss(_image_meta_batch())
+        assert seen == [(5, support_dtype), (25, torch.bfloat16)] * 4, (inner_precision, seen)
