@@ -73,6 +73,10 @@ class MetaLearner(L.LightningModule):
         self.test_accuracy = EpisodeAccuracy()
         self.val_mse = MeanMetric()
         self.test_mse = MeanMetric()
+        # the mean query loss over every evaluation task of all ranks (Lightning's sync_dist would average the ranks'
+        # means unweighted, which differs when the ranks hold different numbers of episodes)
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
 
     def save_learner_hyperparameters(self) -> None:
         """Save the ``__init__`` arguments so that ``Learner.load_from_checkpoint(path)`` alone rebuilds the learner.
@@ -203,8 +207,7 @@ class MetaLearner(L.LightningModule):
 
     def _evaluate(self, batch: Episode, stage: str) -> None:
         loss, predictions = self._eval_forward(batch)
-        n = batch.n_tasks
-        self.log(f"{stage}/loss", loss, batch_size=n, sync_dist=True)
+        getattr(self, f"{stage}_loss").update(loss, weight=batch.n_tasks)
         if batch.is_classification:
             getattr(self, f"{stage}_accuracy").update(predictions, batch.query_y)
         else:
@@ -214,6 +217,9 @@ class MetaLearner(L.LightningModule):
     def _log_episode_metrics(self, stage: str) -> None:
         accuracy: EpisodeAccuracy = getattr(self, f"{stage}_accuracy")
         mse: MeanMetric = getattr(self, f"{stage}_mse")
+        loss: MeanMetric = getattr(self, f"{stage}_loss")
+        if loss.update_count:
+            self.log(f"{stage}/loss", loss.compute(), sync_dist=False, rank_zero_only=False)
         if accuracy.update_count:
             result = accuracy.compute()
             self.log(f"{stage}/acc", result.mean, sync_dist=False, rank_zero_only=False)
@@ -222,6 +228,7 @@ class MetaLearner(L.LightningModule):
             self.log(f"{stage}/mse", mse.compute())
         accuracy.reset()
         mse.reset()
+        loss.reset()
 
     @override
     def on_validation_epoch_end(self) -> None:

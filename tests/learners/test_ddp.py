@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.helpers.ddp_one_step import LEARNERS
+from tests.helpers.ddp_test_metrics import NAMES, run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,3 +46,20 @@ def test_two_process_step_equals_one_process_step_on_twice_the_tasks(one_step_pa
         # every logit alike) into a full step of random sign; compare the weights only where the gradient is real.
         if grad.abs().max() > 1e-5:
             torch.testing.assert_close(ddp_param, param, rtol=1e-5, atol=1e-6, msg=f"{name}: {n} after the step")
+
+
+def test_two_process_test_accuracy_and_interval_equal_the_single_process_ones(tmp_path):
+    """Uneven split (5 + 4 episodes): every rank reports the metrics of all 9 episodes, as one process does."""
+    command = [sys.executable, "-m", "tests.helpers.ddp_test_metrics", "--devices", "2", "--out", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in NAMES:
+        single = run(name, devices=1)
+        keys = ("test/acc", "test/acc_ci95") if "test/acc" in single else ("test/mse",)  # MAML: sinusoid regression
+        for rank in (0, 1):
+            ddp = torch.load(tmp_path / f"{name}.rank{rank}.pt")
+            assert ddp.keys() == single.keys()
+            for key in keys:
+                assert ddp[key] == pytest.approx(single[key], abs=1e-6), (name, rank, key)
+            # the loss is Lightning's batch-size-weighted mean over the ranks' meta-batches
+            assert ddp["test/loss"] == pytest.approx(single["test/loss"], rel=1e-5), (name, rank)

@@ -1,0 +1,53 @@
+"""``trainer.test`` of untrained learners on 9 fixed test episodes, on one process or two (tests/learners/test_ddp.py).
+
+``python -m tests.helpers.ddp_test_metrics --devices 2 --out DIR`` runs ``Trainer(strategy="ddp", devices=2)``;
+every rank saves the logged test metrics to ``DIR/NAME.rankR.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from lightning_meta.data import EpisodicDataModule
+from tests.helpers.ddp_one_step import LEARNERS, datamodule
+
+NAMES = ("maml_loop", "protonet", "r2d2")
+TEST_EPISODES = 9  # 5 on rank 0 and 4 on rank 1: an uneven split must still count each episode once
+
+
+def test_datamodule(name: str) -> EpisodicDataModule:
+    dm = datamodule(name, 2)
+    dm.data["test"] = dm.data["train"]
+    dm.eval_episodes = TEST_EPISODES
+    dm.eval_tasks_per_batch = 2
+    return dm
+
+
+def run(name: str, devices: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    learner = LEARNERS[name]()
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    (results,) = trainer.test(learner, test_datamodule(name), verbose=False)
+    return {key: float(value) for key, value in results.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--devices", type=int, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+    for name in NAMES:
+        results = run(name, args.devices)
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        torch.save(results, args.out / f"{name}.rank{rank}.pt")
+
+
+if __name__ == "__main__":
+    main()
