@@ -9,7 +9,6 @@ the state of every random generator it could touch (torch on the CPU and the mod
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.util
 import random
 from collections.abc import Iterator
@@ -20,7 +19,6 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_meta.data import EpisodicDataModule
@@ -30,13 +28,6 @@ from lightning_meta.learners.base import MetaLearner
 
 #: The pip extra that installs the plotting dependency.
 PLOTS_EXTRA = "pip install 'lightning-meta[plots]'"
-
-
-def positive_int(caller: str, name: str, value: Any) -> int:
-    """``value`` if it is a positive integer, else a ``ValueError`` naming ``caller``'s argument ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{caller}: {name} must be a positive integer, got {value!r}.")
-    return value
 
 
 def positive_ints(caller: str, name: str, values: Any, *, zero: bool = False) -> tuple[int, ...]:
@@ -143,26 +134,6 @@ def to_device(trainer: L.Trainer, batch: Episode) -> Episode:
     """Move a meta-batch to the module's device and precision, as Lightning's own loops do."""
     batch = trainer.strategy.batch_to_device(batch)
     return trainer.precision_plugin.convert_input(batch)
-
-
-def outside_inference_mode(batch: Episode) -> Episode:
-    """A copy of the tensors made under ``torch.inference_mode`` (they cannot enter an autograd graph)."""
-
-    def copy(t: Tensor) -> Tensor:
-        return t.clone() if t.is_inference() else t
-
-    return dataclasses.replace(
-        batch,
-        support_x=copy(batch.support_x),
-        support_y=copy(batch.support_y),
-        query_x=copy(batch.query_x),
-        query_y=copy(batch.query_y),
-    )
-
-
-def per_episode_error(predictions: Tensor, batch: Episode) -> Tensor:
-    """Mean squared error over the query examples of each task, ``[n_tasks]``."""
-    return (predictions.float() - batch.query_y.float()).pow(2).flatten(1).mean(1)
 
 
 def figure_dir(trainer: L.Trainer, dirpath: str | Path | None, name: str) -> Path:

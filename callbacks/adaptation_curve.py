@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -17,6 +16,7 @@ from torch import Tensor
 from torchmetrics.aggregation import CatMetric
 from typing_extensions import override
 
+from lightning_meta._checks import positive_int
 from lightning_meta.callbacks._evaluation import (
     episode_dataset,
     episodic_datamodule,
@@ -24,9 +24,6 @@ from lightning_meta.callbacks._evaluation import (
     fixed_episodes,
     meta_learner,
     new_figure,
-    outside_inference_mode,
-    per_episode_error,
-    positive_int,
     positive_ints,
     publish_figure,
     require_matplotlib,
@@ -34,9 +31,9 @@ from lightning_meta.callbacks._evaluation import (
     undisturbed,
 )
 from lightning_meta.episode import Episode
-from lightning_meta.learners.base import MetaLearner
+from lightning_meta.learners.base import MetaLearner, outside_inference_mode
 from lightning_meta.learners.gradient import GradientLearner
-from lightning_meta.metrics import Z_95, per_episode_accuracy
+from lightning_meta.metrics import mean_and_ci95, per_episode_accuracy, per_episode_mse
 
 
 def first_shots(batch: Episode, shots: int) -> Episode:
@@ -252,7 +249,7 @@ class AdaptationCurve(Callback):
                     if batch.is_classification:
                         gathered[x].update(per_episode_accuracy(predictions, batch.query_y))
                     else:
-                        gathered[x].update(per_episode_error(predictions, batch))
+                        gathered[x].update(per_episode_mse(predictions, batch.query_y))
         return {x: torch.as_tensor(metric.compute()).flatten().cpu().double() for x, metric in gathered.items()}
 
     def _predictions(self, learner: MetaLearner, batch: Episode, index: int) -> Iterator[tuple[int, Tensor]]:
@@ -260,17 +257,10 @@ class AdaptationCurve(Callback):
             for shots in self._xs:
                 yield shots, learner.predict_step(first_shots(batch, shots), index)
             return
-        gradient_learner = cast(GradientLearner, learner)
-        most = max(self._xs)
         with torch.inference_mode(False), torch.enable_grad():
-            batch = outside_inference_mode(batch)
-            # One inner loop of the largest number of steps; the adapted weights after k steps are its k-th state.
-            trace: Any = (
-                gradient_learner.adapt_params(batch, steps=most, first_order=True, return_all=True) if most else []
-            )
-        states = [gradient_learner.inner_params(), *trace]
-        for steps in self._xs:
-            yield steps, gradient_learner.predict(batch.query_x, states[steps]).detach()
+            predictions = cast(GradientLearner, learner).predictions_after(outside_inference_mode(batch), self._xs)
+        for steps, prediction in predictions.items():
+            yield steps, prediction.detach()
 
     # ------------------------------------------------------------------------------------------------ figure
     def draw(self, learner_name: str, epoch: int, values: dict[int, Tensor]) -> Any:
@@ -279,8 +269,9 @@ class AdaptationCurve(Callback):
         ax = figure.add_subplot()
         xs = list(values)
         scale = 100.0 if self._classification else 1.0
-        means = [float(v.mean()) * scale for v in values.values()]
-        ci95 = [Z_95 * float(v.std()) / math.sqrt(v.numel()) * scale if v.numel() > 1 else 0.0 for v in values.values()]
+        summaries = [mean_and_ci95(v) for v in values.values()]
+        means = [float(mean) * scale for mean, _ in summaries]
+        ci95 = [float(half.nan_to_num(0.0)) * scale for _, half in summaries]  # one episode: no interval
         n = next(iter(values.values())).numel()
         earlier = [e for e in self.history if e < epoch]
         if earlier:

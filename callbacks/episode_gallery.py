@@ -12,13 +12,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_meta._checks import positive_int
 from lightning_meta.callbacks._evaluation import (
     episode_dataset,
     episodic_datamodule,
     figure_dir,
     meta_learner,
     new_figure,
-    positive_int,
     publish_figure,
     require_matplotlib,
     to_device,

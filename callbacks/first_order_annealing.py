@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
-
 import lightning as L
-from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from lightning_meta.callbacks._schedule import EpochSchedule
 
-class FirstOrderAnnealing(Callback):
+
+class FirstOrderAnnealing(EpochSchedule):
     """Train with first-order MAML for the first epochs, then with second order (MAML++'s derivative-order annealing).
 
     Antoniou, Edwards and Storkey, "How to train your MAML", ICLR 2019, section 4: first-order gradients for the
@@ -44,6 +43,8 @@ class FirstOrderAnnealing(Callback):
             )
         self.second_order_epoch = second_order_epoch
 
+    attribute = "first_order"
+
     def first_order_at(self, epoch: int) -> bool:
         """Whether training epoch ``epoch`` (0-based) uses first-order gradients."""
         return epoch < self.second_order_epoch
@@ -56,18 +57,6 @@ class FirstOrderAnnealing(Callback):
                 f"{type(pl_module).__name__} has none."
             )
 
-    def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-        first_order = self.first_order_at(trainer.current_epoch)
-        cast(Any, pl_module).first_order = first_order  # a plain attribute of MAML
-        return first_order
-
     @override
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._apply(trainer, pl_module)  # after a checkpoint is restored, before the first step
-
-    @override
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        first_order = self._apply(trainer, pl_module)
-        pl_module.log("schedule/first_order", float(first_order), on_step=False, on_epoch=True)
+    def value_at(self, epoch: int) -> bool:
+        return self.first_order_at(epoch)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Mapping
-from typing import Any, cast
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
+from lightning_meta.callbacks._schedule import EpochSchedule
 
-class InnerStepsSchedule(Callback):
+
+class InnerStepsSchedule(EpochSchedule):
     """Change the number of inner (adaptation) steps of training at given epochs.
 
     ``milestones`` maps an epoch to the number of inner steps used from that epoch on, like
@@ -63,6 +63,8 @@ class InnerStepsSchedule(Callback):
         self.milestones = dict(sorted(milestones.items()))
         self._epochs = list(self.milestones)
 
+    attribute = "inner_steps"
+
     def steps_at(self, epoch: int) -> int:
         """The number of inner steps of training epoch ``epoch`` (0-based)."""
         return self.milestones[self._epochs[bisect.bisect_right(self._epochs, epoch) - 1]]
@@ -92,18 +94,6 @@ class InnerStepsSchedule(Callback):
                     f"{learned} inner steps, but milestones ask for up to {most}; build it with inner_steps={most}."
                 )
 
-    def _apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int:
-        steps = self.steps_at(trainer.current_epoch)
-        cast(Any, pl_module).inner_steps = steps  # a plain attribute of GradientLearner
-        return steps
-
     @override
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._apply(trainer, pl_module)  # after a checkpoint is restored, before the first step
-
-    @override
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        steps = self._apply(trainer, pl_module)
-        pl_module.log("schedule/inner_steps", float(steps), on_step=False, on_epoch=True)
+    def value_at(self, epoch: int) -> int:
+        return self.steps_at(epoch)

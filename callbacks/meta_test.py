@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -12,17 +11,16 @@ from torch import Tensor
 from torchmetrics.aggregation import CatMetric
 from typing_extensions import override
 
+from lightning_meta._checks import positive_int
 from lightning_meta.callbacks._evaluation import (
     episode_dataset,
     episodic_datamodule,
     fixed_episodes,
     meta_learner,
-    per_episode_error,
-    positive_int,
     to_device,
     undisturbed,
 )
-from lightning_meta.metrics import Z_95, EpisodeAccuracy
+from lightning_meta.metrics import EpisodeAccuracy, mean_and_ci95, per_episode_mse
 
 
 class MetaTest(Callback):
@@ -119,7 +117,7 @@ class MetaTest(Callback):
                 if classification:
                     accuracy.update(predictions, batch.query_y)
                 else:
-                    errors.update(per_episode_error(predictions, batch))
+                    errors.update(per_episode_mse(predictions, batch.query_y))
         if classification:
             result = accuracy.compute()
             return {"acc": result.mean, "acc_ci95": result.ci95}
@@ -128,7 +126,5 @@ class MetaTest(Callback):
 
 def _mean_and_ci95(name: str, values: Any, device: torch.device) -> dict[str, Tensor]:
     """Mean and 95% half-width of per-episode values (in float64 on the CPU), as float32 tensors on ``device``."""
-    values = torch.as_tensor(values).flatten().cpu().double()
-    n = values.numel()
-    ci95 = Z_95 * values.std(correction=1) / math.sqrt(n) if n > 1 else values.new_tensor(math.nan)
-    return {name: values.mean().float().to(device), f"{name}_ci95": ci95.float().to(device)}
+    mean, ci95 = mean_and_ci95(torch.as_tensor(values).flatten().cpu().double())
+    return {name: mean.float().to(device), f"{name}_ci95": ci95.float().to(device)}

@@ -67,12 +67,12 @@ def _readable_neighbours(path: Path) -> list[Path]:
     return [p for p in others if checkpoint_problem(p) is None]
 
 
-def raise_if_corrupt(path: Any, error: BaseException | None = None) -> None:
-    """Raise :class:`CorruptCheckpointError` (from ``error``, if given) when the local file at ``path`` is unreadable.
+def raise_if_corrupt(path: Any) -> None:
+    """Raise :class:`CorruptCheckpointError` when the local file at ``path`` is unreadable.
 
-    Reads the whole file once to check its CRCs (about 20 ms per 50 MB): PyTorch itself loads a damaged weight
-    without complaint. Does nothing for paths that are not local files (remote URLs, file objects) or for intact
-    files.
+    Reads the whole file once to check its CRCs (measured: 16-23 ms for 50 MB in the page cache), since PyTorch
+    loads a damaged weight without complaint. Does nothing for paths that are not local files (remote URLs, file
+    objects) or for intact files.
     """
     if not isinstance(path, (str, os.PathLike)) or "://" in str(path) or not Path(path).is_file():
         return
@@ -85,7 +85,7 @@ def raise_if_corrupt(path: Any, error: BaseException | None = None) -> None:
         advice += f"; resume from one with ckpt_path='{neighbours[0]}'."
     else:
         advice = "No intact checkpoint was found beside it."
-    raise CorruptCheckpointError(f"Checkpoint {path} cannot be read, it is {problem}. {advice}") from error
+    raise CorruptCheckpointError(f"Checkpoint {path} cannot be read, it is {problem}. {advice}")
 
 
 class CheckedCheckpointIO(TorchCheckpointIO):

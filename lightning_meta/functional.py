@@ -43,6 +43,7 @@ autograd altogether, so the inner loop refuses to run under it.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, TypeAlias
@@ -312,31 +313,18 @@ def adapt_batch(
     if steps == 0:
         return [] if return_all else dict(params)
     if strategy == "loop":
-        if compiled:
-            first_order = _cut_graph(first_order)
-            adapt_task = _compile(_adapt_task)
-            per_task = [adapt_task(model, plan, params, x, y, loss_fn, first_order)
-                        for x, y in zip(support_x.unbind(0), support_y.unbind(0), strict=True)]  # fmt: skip
+        if compiled:  # torch.func.grad inside: a compiled graph that autograd can differentiate twice
+            adapt_task = functools.partial(_compile(_adapt), first_order=_cut_graph(first_order), functorch=True)
         else:
-            per_task = [
-                _adapt(model, plan, params, x, y, loss_fn, first_order=first_order, functorch=False)
-                for x, y in zip(support_x.unbind(0), support_y.unbind(0), strict=True)
-            ]
+            adapt_task = functools.partial(_adapt, first_order=first_order, functorch=False)
+        per_task = [adapt_task(model, plan, params, x, y, loss_fn)
+                    for x, y in zip(support_x.unbind(0), support_y.unbind(0), strict=True)]  # fmt: skip
         kept = range(steps) if return_all else [steps - 1]
         trace = [{name: torch.stack([task[step][name] for task in per_task]) for name in plan.names} for step in kept]
     else:
         adapt_tasks = _compile(_adapt_tasks_vmap) if compiled else _adapt_tasks_vmap
         trace = adapt_tasks(model, plan, params, support_x, support_y, loss_fn, _cut_graph(first_order), return_all)
     return [{**params, **fast} for fast in trace] if return_all else {**params, **trace[-1]}
-
-
-def _adapt_task(
-    model: nn.Module, plan: _Plan, params: Mapping[str, Tensor], x: Tensor, y: Tensor, loss_fn: LossFn,
-    first_order: bool,
-) -> list[Params]:  # fmt: skip
-    """One task's adaptation with :func:`torch.func.grad` (what ``compiled=True`` compiles per task)."""
-    fixed = _fixed(params, plan.names, detached=first_order)
-    return _adapt(model, plan, params, x, y, loss_fn, first_order=first_order, functorch=True, fixed=fixed)
 
 
 def _adapt_tasks_vmap(
@@ -577,8 +565,9 @@ def _adapt(
     """The adapted parameters (only ``plan.names``) after every step, for one task.
 
     ``functorch=False`` takes the gradients with :func:`torch.autograd.grad` (and checks the grad mode itself);
-    ``functorch=True`` with :func:`torch.func.grad`, which also works under :func:`torch.func.vmap` (the caller
-    has then applied :func:`_cut_graph` and passes ``fixed``).
+    ``functorch=True`` with :func:`torch.func.grad`, which also works under :func:`torch.func.vmap` and inside
+    :func:`torch.compile` (the caller has then applied :func:`_cut_graph`; under vmap it passes ``fixed``, the
+    parameters not adapted, made once outside).
     """
     if not functorch:
         first_order = _cut_graph(first_order)

@@ -105,6 +105,36 @@ def per_episode_accuracy(preds: Tensor, target: Tensor) -> Tensor:
     return _per_episode_accuracy(preds, target, "per_episode_accuracy")
 
 
+def per_episode_mse(predictions: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error over the query examples of each task of a meta-batch, ``[n_tasks]``, in float32 or wider.
+
+    Example:
+        >>> import torch
+        >>> per_episode_mse(torch.zeros(2, 3, 1), torch.tensor([[[1.0], [1.0], [1.0]], [[2.0], [0.0], [0.0]]]))
+        tensor([1.0000, 1.3333])
+    """
+    if predictions.dtype in (torch.float16, torch.bfloat16):  # mixed precision: square in float32
+        predictions, target = predictions.float(), target.float()
+    return (predictions - target).pow(2).flatten(1).mean(1)
+
+
+def mean_and_ci95(values: Tensor) -> tuple[Tensor, Tensor]:
+    """The mean of per-episode values and the half-width of its 95% interval, ``1.96 * std(ddof=1) / sqrt(n)``.
+
+    The mean is NaN without values, the half-width NaN with fewer than two.
+
+    Example:
+        >>> mean, ci95 = mean_and_ci95(torch.tensor([0.5, 0.7, 0.9]))
+        >>> round(float(mean), 4), round(float(ci95), 4)
+        (0.7, 0.2263)
+    """
+    n = values.numel()
+    nan = values.new_tensor(math.nan)
+    mean = values.mean() if n > 0 else nan
+    ci95 = Z_95 * values.std(correction=1) / math.sqrt(n) if n > 1 else nan
+    return mean, ci95
+
+
 def _per_episode_accuracy(preds: Tensor, target: Tensor, caller: str) -> Tensor:
     _check_inputs(preds, target, caller)
     labels = preds.argmax(-1) if preds.ndim == target.ndim + 1 else preds
@@ -190,8 +220,5 @@ class EpisodeAccuracy(Metric):
             accuracies = torch.empty(0, dtype=torch.get_default_dtype(), device=self.device)
         else:
             accuracies = dim_zero_cat(state)
-        n = accuracies.numel()
-        nan = torch.tensor(math.nan, dtype=accuracies.dtype, device=accuracies.device)
-        mean = accuracies.mean() if n > 0 else nan
-        ci95 = Z_95 * accuracies.std(correction=1) / math.sqrt(n) if n > 1 else nan
-        return EpisodeAccuracyResult(mean=mean, ci95=ci95, n=n)
+        mean, ci95 = mean_and_ci95(accuracies)
+        return EpisodeAccuracyResult(mean=mean, ci95=ci95, n=accuracies.numel())

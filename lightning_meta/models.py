@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_meta._checks import positive_int
+
 
 def records_config(cls: type[nn.Module]) -> type[nn.Module]:
     """Class decorator: instances keep ``init_config``, the ``class_path`` and ``init_args`` that rebuild them.
@@ -89,8 +91,7 @@ class BatchStatNorm2d(nn.Module):
 
     def __init__(self, num_features: int, *, eps: float = 1e-5) -> None:
         super().__init__()
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"BatchStatNorm2d: num_features must be a positive integer, got {num_features!r}.")
+        positive_int("BatchStatNorm2d", "num_features", num_features)
         if not eps > 0:
             raise ValueError(f"BatchStatNorm2d: eps must be positive, got {eps!r}.")
         self.num_features = num_features
@@ -169,8 +170,7 @@ class Conv4(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("in_channels", in_channels), ("hidden", hidden), ("image_size", image_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Conv4: {name} must be a positive integer, got {value!r}.")
+            positive_int("Conv4", name, value)
         if image_size < 16:
             raise ValueError(
                 f"Conv4: image_size must be at least 16 (four 2x2 max-pools halve it four times), got {image_size}."
@@ -318,8 +318,7 @@ class ResNet12(nn.Module):
         super().__init__()
         channels = tuple(channels)
         for name, value in (("in_channels", in_channels), ("image_size", image_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ResNet12: {name} must be a positive integer, got {value!r}.")
+            positive_int("ResNet12", name, value)
         if len(channels) != 4 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels):
             raise ValueError(f"ResNet12: channels must be four positive integers, got {channels!r}.")
         if image_size < 16:

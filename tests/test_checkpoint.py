@@ -15,14 +15,13 @@ from lightning_meta.checkpoint import CorruptCheckpointError, checkpoint_problem
 from lightning_meta.learners import MAML
 from tests.helpers.ddp_one_step import LEARNERS, datamodule
 from tests.helpers.killed_run import STEPS
+from tests.helpers.trainers import quiet_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _trainer(**kwargs) -> L.Trainer:
-    kwargs.setdefault("enable_checkpointing", False)
-    return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, limit_val_batches=0, **kwargs)  # fmt: skip
+    return quiet_trainer(num_sanity_val_steps=0, limit_val_batches=0, **kwargs)
 
 
 @pytest.fixture
@@ -31,7 +30,7 @@ def checkpoints(tmp_path) -> Path:
     torch.manual_seed(0)
     callback = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
     learner, dm = LEARNERS["maml_vmap"](), datamodule("maml_vmap", 2)
-    _trainer(max_steps=3, callbacks=[callback], enable_checkpointing=True).fit(learner, dm)
+    _trainer(max_steps=3, callbacks=[callback]).fit(learner, dm)
     return tmp_path
 
 
@@ -101,7 +100,7 @@ def test_every_learner_loads_from_its_checkpoint_in_a_fresh_process_without_the_
         torch.manual_seed(0)
         learner, dm = make(), datamodule(name, 2)
         checkpoint = ModelCheckpoint(dirpath=tmp_path / name, save_top_k=-1)
-        _trainer(max_steps=2, callbacks=[checkpoint], enable_checkpointing=True).fit(learner, dm)
+        _trainer(max_steps=2, callbacks=[checkpoint]).fit(learner, dm)
         batch = next(iter(dm.train_dataloader()))
         torch.save(batch, tmp_path / f"{name}.batch")
         learner.eval()

@@ -7,8 +7,6 @@ Everything numeric runs in float64 on tiny models, so "equal" means equal to ~1e
 from __future__ import annotations
 
 import doctest
-import importlib
-import os
 
 import pytest
 import torch
@@ -25,18 +23,9 @@ from lightning_meta.functional import (
     sgd_step,
 )
 from lightning_meta.models import MLP, Conv4
+from tests.helpers.learn2learn import l2l, needs_l2l
 
 TOL = 1e-10
-L2L_HINT = "run `bash scripts/install_learn2learn.sh` to build and install learn2learn 0.2.0"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster than on two contended cores (OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_mlp(seed: int = 0) -> MLP:
@@ -394,20 +383,11 @@ def test_mismatched_task_dimensions_are_refused():
 # --- learn2learn, the reference implementation -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def l2l():
-    try:
-        return importlib.import_module("learn2learn")
-    except ImportError as err:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"learn2learn must be installed in CI ({L2L_HINT}): {err!r}")
-        pytest.skip(f"learn2learn is not installed: {L2L_HINT} ({err!r})")
-
-
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("first_order", [False, True], ids=["second_order", "first_order"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_meta_gradient_matches_learn2learn_maml(l2l, case, first_order, steps):
+@needs_l2l
+def test_meta_gradient_matches_learn2learn_maml(case, first_order, steps):
     """learn2learn's MAML (clone, adapt, query loss, backward per task) gives our meta-gradient."""
     make_model, make_batch, loss_fn = CASES[case]
     model = make_model()

@@ -2,33 +2,17 @@
 
 learn2learn is the reference implementation other tests compare against. It is not a hard requirement
 (its last release needs its Cython regenerated on Python >= 3.11), so outside CI a missing install skips
-these tests with the command to run; in CI (CI=true) a missing install is a failure.
+these tests with the command to run; in CI (CI=true) a missing install is an error (tests/helpers/learn2learn.py).
 """
 
-import importlib
-import os
-
-import pytest
 import torch
 
-INSTALL_HINT = "run `bash scripts/install_learn2learn.sh` to build and install learn2learn 0.2.0"
+from tests.helpers.learn2learn import l2l, needs_l2l
+
+pytestmark = needs_l2l
 
 
-def _import_learn2learn():
-    try:
-        return importlib.import_module("learn2learn")
-    except ImportError as err:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"learn2learn must be installed in CI ({INSTALL_HINT}): {err!r}")
-        pytest.skip(f"learn2learn is not installed: {INSTALL_HINT} ({err!r})")
-
-
-@pytest.fixture(scope="module")
-def l2l():
-    return _import_learn2learn()
-
-
-def test_learn2learn_is_version_0_2_0_with_compiled_data_modules(l2l):
+def test_learn2learn_is_version_0_2_0_with_compiled_data_modules():
     assert l2l.__version__ == "0.2.0"
     from learn2learn.data import meta_dataset, task_dataset, transforms
 
@@ -37,7 +21,7 @@ def test_learn2learn_is_version_0_2_0_with_compiled_data_modules(l2l):
         assert module.__file__.endswith(".so"), module.__file__
 
 
-def test_learn2learn_taskset_samples_a_remapped_5_way_2_shot_task(l2l):
+def test_learn2learn_taskset_samples_a_remapped_5_way_2_shot_task():
     from learn2learn.data.transforms import KShots, LoadData, NWays, RemapLabels
 
     n_classes, per_class, n_features = 10, 5, 3
@@ -71,7 +55,7 @@ def test_learn2learn_taskset_samples_a_remapped_5_way_2_shot_task(l2l):
     assert sorted(mapping.values()) == list(range(ways))
 
 
-def test_learn2learn_maml_clone_adapt_matches_a_hand_written_second_order_step(l2l):
+def test_learn2learn_maml_clone_adapt_matches_a_hand_written_second_order_step():
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
     lr = 0.1

@@ -6,19 +6,13 @@ snippets' Trainers write their checkpoints there).
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
 
 import pytest
 
-try:
-    import learn2learn
-except ImportError:  # pragma: no cover - CI installs it with scripts/install_learn2learn.sh
-    if os.environ.get("CI", "").lower() == "true":
-        raise
-    learn2learn = None
+from tests.helpers.learn2learn import needs_l2l
 
 GUIDE = Path(__file__).resolve().parents[1] / "examples" / "migrating_from_learn2learn.md"
 SETUP = "Setup"
@@ -55,7 +49,7 @@ def test_the_guide_shows_learn2learn_and_lightning_meta_side_by_side_for_maml_pr
         assert "from lightning_meta" in blocks(named["lightning_meta"])[0]
 
 
-@pytest.mark.skipif(learn2learn is None, reason="learn2learn missing: run scripts/install_learn2learn.sh")
+@needs_l2l
 @pytest.mark.parametrize("title", [t for t in sections() if t != SETUP and blocks(sections()[t])])
 def test_migration_guide_snippets_run(title, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

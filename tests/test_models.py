@@ -17,15 +17,6 @@ from lightning_meta.functional import adapt_batch, forward_batch
 from lightning_meta.models import MLP, BatchStatNorm2d, Conv4, ConvBlock, ResNet12
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster than on two contended cores (OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_conv4_feature_sizes_follow_the_papers():
     assert Conv4(in_channels=1, hidden=64, image_size=28).feature_dim == 64  # Omniglot
     assert Conv4(in_channels=3, hidden=64, image_size=84).feature_dim == 1600  # mini-ImageNet, ProtoNets

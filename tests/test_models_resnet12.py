@@ -12,14 +12,6 @@ from lightning_meta.models import BatchStatNorm2d, ResNet12
 SMALL = (4, 6, 8, 10)  # the real widths are (64, 160, 320, 640); the structure is the same
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_resnet12_has_the_metaoptnet_structure_and_parameter_count():
     model = ResNet12()
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]

@@ -92,6 +92,7 @@ def test_killed_and_resumed_run_ends_bit_identical_to_an_uninterrupted_run(runs,
     assert reference["callback"]["batches"] == 14
     assert reference["scheduler"]["last_epoch"] == 14
     _assert_identical(reference, resumed, name)
-    if name == "maml++":  # the learned per-layer per-step inner rates came back and kept learning
+    if name == "maml++":  # the learned per-layer per-step inner rates were trained (so their equality means something)
         rates = {k: v for k, v in resumed["weights"].items() if k.startswith("inner_lrs")}
-        assert rates and all(not torch.all(v == v.flatten()[0]) or v.numel() == 1 for v in rates.values())
+        initial = LEARNERS[name]().inner_lr
+        assert rates and all((v != initial).all() for v in rates.values()), rates

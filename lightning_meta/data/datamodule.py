@@ -8,17 +8,11 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
+from lightning_meta._checks import positive_int
 from lightning_meta.data.sampler import EpisodeDataset, EpisodeLoader, EpisodeSampler, keep_episode
 from lightning_meta.data.tasks import LabelledTasks, TaskFamily
 
 _STAGES = ("train", "val", "test")
-
-
-def _positive(name: str, value: int | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"EpisodicDataModule: {name} must be a positive integer, got {value!r}.")
 
 
 class EpisodicDataModule(L.LightningDataModule):
@@ -96,7 +90,9 @@ class EpisodicDataModule(L.LightningDataModule):
         super().__init__()
         for name in ("ways", "shots", "queries", "tasks_per_batch", "eval_ways", "eval_shots", "eval_queries",
                      "eval_tasks_per_batch", "train_episodes", "eval_episodes"):  # fmt: skip
-            _positive(name, locals()[name])
+            value = locals()[name]
+            if value is not None:  # the eval_* ones default to their training counterparts
+                positive_int("EpisodicDataModule", name, value)
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"EpisodicDataModule: num_workers must be a non-negative integer, got {num_workers!r}.")
         if not isinstance(seed, int):

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_meta._checks import positive_int
 from lightning_meta.data.download import decode_all, load_or_build
 
 #: Per-channel mean and standard deviation of mini-ImageNet's training images, in [0, 1] units (the values used by
@@ -71,8 +72,7 @@ class MiniImageNet(Dataset):
     ) -> None:
         if split not in _PICKLE_NAMES:
             raise ValueError(f"MiniImageNet: split must be one of {list(_PICKLE_NAMES)}, got {split!r}.")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-            raise ValueError(f"MiniImageNet: image_size must be a positive integer, got {image_size!r}.")
+        positive_int("MiniImageNet", "image_size", image_size)
         self.root = Path(root).expanduser()
         self.split, self.image_size, self.normalize = split, image_size, normalize
         pickled = self.root / f"mini-imagenet-cache-{_PICKLE_NAMES[split]}.pkl"

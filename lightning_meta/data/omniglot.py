@@ -23,6 +23,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lightning_meta._checks import positive_int
 from lightning_meta.data.download import decode_all, download_file, load_or_build, md5sum
 
 #: The two official image sets: (alphabets, characters); every character has 20 drawings.
@@ -79,8 +80,7 @@ def load_omniglot_images(
         The drawings and their characters.
     """
     source = Path(source).expanduser()
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-        raise ValueError(f"image_size must be a positive integer, got {image_size!r}.")
+    positive_int("load_omniglot_images", "image_size", image_size)
     if source.is_file():
         # The zip's md5 (tens of milliseconds) is its identity; listing 30,000 members in Python takes longer.
         identity: object = {"md5": md5sum(source)}
@@ -234,8 +234,7 @@ class Omniglot(Dataset):
             raise ValueError(
                 f"Omniglot: split must be one of {list(_SPLITS[protocol])} under protocol {protocol!r}, got {split!r}."
             )
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0:
-            raise ValueError(f"Omniglot: image_size must be a positive integer, got {image_size!r}.")
+        positive_int("Omniglot", "image_size", image_size)
         self.root = Path(root).expanduser()
         self.split, self.protocol, self.image_size, self.rotations = split, protocol, image_size, rotations
 

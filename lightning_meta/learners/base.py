@@ -19,7 +19,7 @@ from typing_extensions import override
 
 from lightning_meta.checkpoint import CheckedCheckpointIO, raise_if_corrupt
 from lightning_meta.episode import Episode
-from lightning_meta.metrics import EpisodeAccuracy, per_episode_accuracy
+from lightning_meta.metrics import EpisodeAccuracy, per_episode_accuracy, per_episode_mse
 from lightning_meta.results import report_test_results
 
 # A backbone without ``init_config`` is kept in the hyperparameters as a module on purpose, so that
@@ -30,9 +30,13 @@ warnings.filterwarnings("ignore", message=r"Attribute '.*' is an instance of `nn
 _INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
 
-def _outside_inference_mode(t: Tensor) -> Tensor:
-    """A tensor made under ``torch.inference_mode`` cannot be saved for backward: copy it out."""
-    return t.clone() if t.is_inference() else t
+def outside_inference_mode(batch: Episode) -> Episode:
+    """The meta-batch with copies of its tensors made under ``torch.inference_mode``, which autograd cannot save.
+
+    Lightning's evaluation loops run under inference mode; an inner loop that takes gradients needs these copies
+    (and ``torch.inference_mode(False)`` with ``torch.enable_grad()`` around it).
+    """
+    return batch._apply(lambda t: t.clone() if t.is_inference() else t)
 
 
 class MetaLearner(L.LightningModule):
@@ -201,7 +205,7 @@ class MetaLearner(L.LightningModule):
         if not self.adapts_with_gradients:
             return self.meta_loss(batch)
         with torch.inference_mode(False), torch.enable_grad():
-            batch = batch._apply(_outside_inference_mode)
+            batch = outside_inference_mode(batch)
             loss, predictions = self.meta_loss(batch)
         return loss.detach(), predictions.detach()
 
@@ -211,8 +215,7 @@ class MetaLearner(L.LightningModule):
         if batch.is_classification:
             getattr(self, f"{stage}_accuracy").update(predictions, batch.query_y)
         else:
-            mse = (predictions - batch.query_y).pow(2).flatten(1).mean(1)
-            getattr(self, f"{stage}_mse").update(mse)
+            getattr(self, f"{stage}_mse").update(per_episode_mse(predictions, batch.query_y))
 
     def _log_episode_metrics(self, stage: str) -> None:
         accuracy: EpisodeAccuracy = getattr(self, f"{stage}_accuracy")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_meta import functional
+from lightning_meta._checks import positive_int
 from lightning_meta.episode import Episode
 from lightning_meta.learners.base import MetaLearner
 
@@ -92,9 +94,9 @@ class GradientLearner(MetaLearner):
             raise ValueError(f"{name}: model must be a torch.nn.Module, got {type(model).__name__}.")
         if not inner_lr > 0:
             raise ValueError(f"{name}: inner_lr must be positive, got {inner_lr!r}.")
-        for arg, value in (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name}: {arg} must be a positive integer, got {value!r}.")
+        positive_int(name, "inner_steps", inner_steps)
+        if eval_inner_steps is not None:
+            positive_int(name, "eval_inner_steps", eval_inner_steps)
         if strategy not in _STRATEGY_CHOICES:
             raise ValueError(f"{name}: strategy must be one of {_STRATEGY_CHOICES}, got {strategy!r}.")
         if inner_precision not in _INNER_PRECISIONS:
@@ -146,28 +148,22 @@ class GradientLearner(MetaLearner):
     ) -> functional.Params | list[functional.Params]:
         """Adapted parameters for every task of ``support`` (a leading task dimension on the adapted ones)."""
         device = support.support_x.device.type
-        if self.inner_precision == "float32" and torch.is_autocast_enabled(device):
-            with torch.autocast(device, enabled=False):
-                return self._adapt_params(support, steps=steps, first_order=first_order, return_all=return_all)
-        return self._adapt_params(support, steps=steps, first_order=first_order, return_all=return_all)
-
-    def _adapt_params(
-        self, support: Episode, *, steps: int, first_order: bool, return_all: bool
-    ) -> functional.Params | list[functional.Params]:
-        return functional.adapt_batch(
-            self.model,
-            self.inner_params(),
-            support.support_x,
-            support.support_y,
-            loss_fn=self.support_loss,
-            steps=steps,
-            lr=self.inner_lr_for(steps),
-            first_order=first_order,
-            names=self.adapted_names(),
-            return_all=return_all,
-            strategy=self.current_strategy(),  # type: ignore[arg-type]
-            compiled=self.compile_inner_loop,
-        )
+        float32 = self.inner_precision == "float32" and torch.is_autocast_enabled(device)
+        with torch.autocast(device, enabled=False) if float32 else contextlib.nullcontext():
+            return functional.adapt_batch(
+                self.model,
+                self.inner_params(),
+                support.support_x,
+                support.support_y,
+                loss_fn=self.support_loss,
+                steps=steps,
+                lr=self.inner_lr_for(steps),
+                first_order=first_order,
+                names=self.adapted_names(),
+                return_all=return_all,
+                strategy=self.current_strategy(),  # type: ignore[arg-type]
+                compiled=self.compile_inner_loop,
+            )
 
     @override
     def adapt(self, support: Episode) -> functional.Params:
@@ -270,6 +266,21 @@ class GradientLearner(MetaLearner):
             self.chosen_strategy = checkpoint.get("chosen_strategy")
 
     # ------------------------------------------------------------------------------------------ reporting
+    def predictions_after(self, batch: Episode, steps: Sequence[int]) -> dict[int, Tensor]:
+        """Query predictions after each number of first-order inner steps, from one inner loop of ``max(steps)``.
+
+        Step 0 is the meta-learned initialisation itself. Steps above 0 need autograd: outside
+        ``torch.inference_mode``, on tensors made outside it (see
+        :func:`~lightning_meta.learners.base.outside_inference_mode`).
+
+        Returns:
+            ``{k: predictions [n_tasks, n_query, ...] after k steps}``.
+        """
+        most = max(steps)
+        trace = self.adapt_params(batch, steps=most, first_order=True, return_all=True) if most else []
+        states = [self.inner_params(), *trace]  # the state after k steps is states[k]
+        return {k: self.predict(batch.query_x, states[k]) for k in steps}  # type: ignore[arg-type]
+
     @torch.no_grad()
     def adaptation_curve(self, episodes: Sequence[Episode] | Any, steps: Sequence[int]) -> dict[int, float]:
         """Mean query loss (MSE for regression, cross-entropy for classification) after each number of steps.
@@ -288,9 +299,7 @@ class GradientLearner(MetaLearner):
         try:
             for batch in episodes:
                 batch = batch.to(self.device)
-                for k in steps:
-                    state = self.inner_params() if k == 0 else self.adapt_params(batch, steps=k, first_order=True)
-                    predictions = self.predict(batch.query_x, state)  # type: ignore[arg-type]
+                for k, predictions in self.predictions_after(batch, steps).items():
                     totals[k] += float(self.query_loss(predictions, batch)) * batch.n_tasks
                 count += batch.n_tasks
         finally:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
+from lightning_meta._checks import positive_int
 from lightning_meta.episode import Episode
 from lightning_meta.learners.base import MetaLearner
 from lightning_meta.learners.protonet import embed
@@ -74,8 +75,7 @@ class MatchingNet(MetaLearner):
         lr: float = 1e-3,
     ) -> None:
         super().__init__(lr=lr)
-        if isinstance(fce_steps, bool) or not isinstance(fce_steps, int) or fce_steps <= 0:
-            raise ValueError(f"MatchingNet: fce_steps must be a positive integer, got {fce_steps!r}.")
+        positive_int("MatchingNet", "fce_steps", fce_steps)
         if not scale > 0:
             raise ValueError(f"MatchingNet: scale must be a positive number, got {scale!r}.")
         self.save_learner_hyperparameters()

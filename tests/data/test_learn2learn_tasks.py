@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -17,15 +16,10 @@ from lightning_meta.data.learn2learn import split_task, support_mask
 from lightning_meta.data.omniglot import load_omniglot_images
 from lightning_meta.data.sampler import EpisodeDataset, EpisodeSampler, episode_generator
 from lightning_meta.learners import MAML
+from tests.helpers.learn2learn import l2l, needs_l2l
 
-try:
-    import learn2learn as l2l
+if l2l is not None:
     from learn2learn.data.transforms import ConsecutiveLabels, FusedNWaysKShots, KShots, LoadData, NWays, RemapLabels
-except ImportError:  # pragma: no cover - CI installs it with scripts/install_learn2learn.sh
-    if os.environ.get("CI", "").lower() == "true":
-        raise
-    l2l = None
-needs_l2l = pytest.mark.skipif(l2l is None, reason="learn2learn missing: run scripts/install_learn2learn.sh")
 
 
 def identified_dataset(n_classes: int = 12, per_class: int = 8) -> TensorDataset:

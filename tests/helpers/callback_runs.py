@@ -13,6 +13,7 @@ from lightning_meta import Episode
 from lightning_meta.data import EpisodicDataModule, Sinusoid
 from lightning_meta.learners import MAML, GradientLearner, ProtoNet
 from lightning_meta.models import MLP
+from tests.helpers import trainers
 from tests.helpers.synthetic import blobs
 from tests.helpers.synthetic_images import glyphs
 
@@ -57,9 +58,8 @@ def sinusoid_maml(**kwargs) -> MAML:
 
 
 def quiet_trainer(tmp_path: Path, **kwargs) -> L.Trainer:
-    defaults = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                    enable_model_summary=False, default_root_dir=tmp_path, max_epochs=1)  # fmt: skip
-    return L.Trainer(**{**defaults, **kwargs})
+    """The tests' quiet Trainer for one epoch in ``tmp_path``."""
+    return trainers.quiet_trainer(**{"default_root_dir": tmp_path, "devices": 1, "max_epochs": 1, **kwargs})
 
 
 def read_metrics(logger_dir: Path) -> list[dict[str, str]]:

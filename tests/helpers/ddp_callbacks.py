@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.distributed as dist
 from lightning.pytorch.loggers import CSVLogger
@@ -19,6 +18,7 @@ from PIL import Image
 
 from lightning_meta.callbacks import AdaptationCurve, EpisodeGallery, MetaTest
 from tests.helpers.callback_runs import image_datamodule, image_maml
+from tests.helpers.trainers import quiet_trainer
 
 #: The settings the test recomputes in one process.
 EPISODES = 9  # dealt 5 and 4 to the two ranks
@@ -51,16 +51,11 @@ def main() -> None:
     record_writes(args.out)
     torch.manual_seed(0)
     learner = image_maml()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=args.devices,
-        strategy="ddp" if args.devices > 1 else "auto",
         max_epochs=2,
         logger=CSVLogger(args.out / "logs"),
         callbacks=[AdaptationCurve(steps=STEPS, episodes=EPISODES), EpisodeGallery(), MetaTest(episodes=EPISODES)],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
     )
     trainer.fit(learner, datamodule())

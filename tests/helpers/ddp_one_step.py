@@ -11,13 +11,13 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch.utils.data import TensorDataset
 
 from lightning_meta.data import EpisodicDataModule, Sinusoid
 from lightning_meta.learners import ANIL, MAML, R2D2, MatchingNet, MetaLearner, MetaSGD, ProtoNet, Reptile
 from lightning_meta.models import MLP
+from tests.helpers.trainers import quiet_trainer
 
 
 def blobs() -> TensorDataset:
@@ -41,12 +41,18 @@ LEARNERS: dict[str, Callable[[], MetaLearner]] = {
 }
 
 
-def datamodule(name: str, tasks_per_batch: int) -> EpisodicDataModule:
-    if name in ("protonet", "matchingnet", "r2d2"):
-        data = blobs()
-        return EpisodicDataModule(data, ways=3, shots=2, queries=3, tasks_per_batch=tasks_per_batch,
-                                  train_episodes=8, seed=3)  # fmt: skip
-    return EpisodicDataModule(Sinusoid(), shots=5, queries=5, tasks_per_batch=tasks_per_batch, train_episodes=8, seed=3)
+def datamodule(
+    name: str, tasks_per_batch: int, *, train_episodes: int = 8, eval_episodes: int | None = None
+) -> EpisodicDataModule:
+    """The episodes of learner ``name``: 3-way blobs for the metric learners, sinusoids for the others.
+
+    With ``eval_episodes``, the validation and test splits are the training data too (fixed episodes of it).
+    """
+    data = blobs() if name in ("protonet", "matchingnet", "r2d2") else Sinusoid()
+    evaluation = data if eval_episodes is not None else None
+    size = {"ways": 3, "shots": 2, "queries": 3} if isinstance(data, TensorDataset) else {"shots": 5, "queries": 5}
+    return EpisodicDataModule(data, evaluation, evaluation, **size, tasks_per_batch=tasks_per_batch,
+                              train_episodes=train_episodes, eval_episodes=eval_episodes or 600, seed=3)  # fmt: skip
 
 
 def main() -> None:
@@ -59,16 +65,7 @@ def main() -> None:
     for name, make in LEARNERS.items():
         torch.manual_seed(0)
         learner = make()
-        trainer = L.Trainer(
-            accelerator="cpu",
-            devices=args.devices,
-            strategy="ddp" if args.devices > 1 else "auto",
-            max_steps=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
+        trainer = quiet_trainer(devices=args.devices, max_steps=1)
         trainer.fit(learner, datamodule(name, args.tasks_per_batch))
         if trainer.global_rank == 0:
             state = {n: (p.detach().clone(), p.grad.clone()) for n, p in learner.named_parameters()}

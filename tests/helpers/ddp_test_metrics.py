@@ -9,30 +9,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import lightning as L
 import torch
 
-from lightning_meta.data import EpisodicDataModule
 from tests.helpers.ddp_one_step import LEARNERS, datamodule
+from tests.helpers.trainers import quiet_trainer
 
 NAMES = ("maml_loop", "protonet", "r2d2")
 TEST_EPISODES = 9  # 5 on rank 0 and 4 on rank 1: an uneven split must still count each episode once
 
 
-def test_datamodule(name: str) -> EpisodicDataModule:
-    dm = datamodule(name, 2)
-    dm.data["test"] = dm.data["train"]
-    dm.eval_episodes = TEST_EPISODES
-    dm.eval_tasks_per_batch = 2
-    return dm
-
-
 def run(name: str, devices: int) -> dict[str, float]:
     torch.manual_seed(0)
     learner = LEARNERS[name]()
-    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", logger=False,
-                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
-    (results,) = trainer.test(learner, test_datamodule(name), verbose=False)
+    trainer = quiet_trainer(devices=devices)
+    (results,) = trainer.test(learner, datamodule(name, 2, eval_episodes=TEST_EPISODES), verbose=False)
     return {key: float(value) for key, value in results.items()}
 
 

@@ -25,8 +25,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from typing_extensions import override
 
-from lightning_meta.data import EpisodicDataModule, Sinusoid
-from tests.helpers.ddp_one_step import LEARNERS, blobs
+from tests.helpers.ddp_one_step import LEARNERS, datamodule
+from tests.helpers.trainers import quiet_trainer
 
 STEPS = 14
 TASKS_PER_BATCH = 2
@@ -93,13 +93,6 @@ class DieWhileSaving(Callback):
         fsspec.implementations.local.LocalFileOpener.write = write_half_then_die  # type: ignore[method-assign]
 
 
-def datamodule(name: str) -> EpisodicDataModule:
-    common = {"tasks_per_batch": TASKS_PER_BATCH, "train_episodes": EPISODES_PER_EPOCH, "eval_episodes": 4, "seed": 3}
-    if name in ("protonet", "matchingnet", "r2d2"):
-        return EpisodicDataModule(blobs(), ways=3, shots=2, queries=3, **common)
-    return EpisodicDataModule(Sinusoid(), shots=5, queries=5, **common)
-
-
 def with_scheduler(learner: L.LightningModule) -> L.LightningModule:
     """The learner's own optimizer plus a step-wise exponential decay of the outer rate."""
     configure = learner.configure_optimizers
@@ -124,10 +117,12 @@ def run(name: str, folder: Path, hang_at_step: int | None, die_while_saving_step
         callbacks.append(HangAfterCheckpoint(hang_at_step, folder))
     if die_while_saving_step is not None:
         callbacks.append(DieWhileSaving(die_while_saving_step))
-    trainer = L.Trainer(accelerator="cpu", max_steps=STEPS, callbacks=callbacks, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0)  # fmt: skip
-    trainer.fit(learner, datamodule(name), ckpt_path="last" if resume else None)
+    trainer = quiet_trainer(max_steps=STEPS, callbacks=callbacks, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(
+        learner,
+        datamodule(name, TASKS_PER_BATCH, train_episodes=EPISODES_PER_EPOCH),
+        ckpt_path="last" if resume else None,
+    )
     torch.save(
         {
             "weights": learner.state_dict(),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import os
 
 import lightning as L
 import numpy as np
@@ -19,14 +18,8 @@ from lightning_meta import Episode
 from lightning_meta.data import EpisodicDataModule, Sinusoid
 from lightning_meta.learners import ANIL, MAML, MetaSGD, Reptile
 from lightning_meta.models import MLP, Conv4
-
-try:
-    import learn2learn as l2l
-except ImportError:  # pragma: no cover - CI installs it with scripts/install_learn2learn.sh
-    if os.environ.get("CI") == "true":
-        raise
-    l2l = None
-needs_l2l = pytest.mark.skipif(l2l is None, reason="learn2learn missing: run scripts/install_learn2learn.sh")
+from tests.helpers.learn2learn import l2l, needs_l2l
+from tests.helpers.trainers import quiet_trainer
 
 
 def sinusoid_batch(n_tasks: int = 3, shots: int = 5, seed: int = 0, dtype=torch.float64) -> Episode:
@@ -256,10 +249,6 @@ def test_maml_plus_plus_per_layer_per_step_rates_are_learned():
 def sinusoid_datamodule(**kwargs) -> EpisodicDataModule:
     defaults = dict(shots=5, queries=5, tasks_per_batch=4, train_episodes=16, eval_episodes=8)
     return EpisodicDataModule(Sinusoid(), Sinusoid(), Sinusoid(), **{**defaults, **kwargs})
-
-
-def quiet_trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, **kwargs)
 
 
 LEARNERS = {

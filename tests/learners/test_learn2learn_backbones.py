@@ -22,15 +22,11 @@ from lightning_meta.data import EpisodicDataModule, Learn2LearnTasks
 from lightning_meta.data.omniglot import load_omniglot_images
 from lightning_meta.data.sampler import EpisodeDataset, EpisodeSampler
 from lightning_meta.learners import ANIL, MAML, ProtoNet
+from tests.helpers.learn2learn import l2l, needs_l2l
 
-try:
-    import learn2learn as l2l
+if l2l is not None:
     from learn2learn.data.transforms import ConsecutiveLabels, FusedNWaysKShots, LoadData, RemapLabels
-except ImportError:  # pragma: no cover - CI installs it with scripts/install_learn2learn.sh
-    if os.environ.get("CI", "").lower() == "true":
-        raise
-    l2l = None
-pytestmark = pytest.mark.skipif(l2l is None, reason="learn2learn missing: run scripts/install_learn2learn.sh")
+pytestmark = needs_l2l
 
 WAYS = 5
 

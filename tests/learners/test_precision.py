@@ -18,9 +18,7 @@ def fit_and_validate(name: str, precision: str | MixedPrecision) -> dict[str, fl
     """Two epochs of 10 meta-batches, then the validation metrics; ``precision`` a Trainer flag or a plugin."""
     torch.manual_seed(0)
     learner = LEARNERS[name]()
-    dm = datamodule(name, tasks_per_batch=4)
-    dm.data["val"] = dm.data["train"]
-    dm.train_episodes, dm.eval_episodes = 40, 40
+    dm = datamodule(name, 4, train_episodes=40, eval_episodes=40)
     how = {"plugins": [precision]} if isinstance(precision, MixedPrecision) else {"precision": precision}
     trainer = L.Trainer(accelerator="cpu", **how, max_epochs=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
