@@ -88,7 +88,7 @@ def forward_with(model: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> T
         >>> forward_with(model, params, torch.randn(3, 1)).tolist()
         [[0.0], [0.0], [0.0]]
     """
-    return _call(model, params, x)
+    return _call(model, params, x, _aliases(model))
 
 
 #: Per model: ``None`` when no submodule is reachable under two names (almost always), else every name of a
@@ -96,7 +96,16 @@ def forward_with(model: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> T
 _ALIASES: weakref.WeakKeyDictionary[nn.Module, dict[str, tuple[str, ...]] | None] = weakref.WeakKeyDictionary()
 
 
-def _aliases(model: nn.Module) -> dict[str, tuple[str, ...]] | None:
+Aliases: TypeAlias = dict[str, tuple[str, ...]] | None
+
+
+def _aliases(model: nn.Module) -> Aliases:
+    """The alias layout of ``model`` (see :data:`_ALIASES`), cached per model.
+
+    Call it eagerly, never inside a function that :func:`torch.compile` traces: dynamo would guard on the position of
+    the model in the weak dictionary, and building that guard fails once an earlier model has been garbage-collected.
+    The compiled functions receive the layout as an argument instead.
+    """
     if model in _ALIASES:
         return _ALIASES[model]
     named = list(model.named_modules(remove_duplicate=False))
@@ -123,14 +132,16 @@ def _aliases(model: nn.Module) -> dict[str, tuple[str, ...]] | None:
     return aliases
 
 
-def _call(model: nn.Module, tensors: Mapping[str, Tensor] | tuple[Mapping[str, Tensor], ...], x: Tensor) -> Tensor:
+def _call(
+    model: nn.Module, tensors: Mapping[str, Tensor] | tuple[Mapping[str, Tensor], ...], x: Tensor, aliases: Aliases
+) -> Tensor:
     """``functional_call(model, tensors, (x,))``, also for a model that holds one submodule under two names.
 
     ``torch.func.functional_call`` swaps such a submodule's tensors twice and restores the wrong ones
     (pytorch/pytorch#164759: learn2learn's ``OmniglotCNN`` is such a model); here each (module, attribute) slot is
-    given once, and weights genuinely tied across two slots are given to both.
+    given once, and weights genuinely tied across two slots are given to both. ``aliases`` is ``_aliases(model)``,
+    looked up by the caller outside any compiled function.
     """
-    aliases = _aliases(model)
     if aliases is None:
         return functional_call(model, tensors if isinstance(tensors, tuple) else dict(tensors), (x,))  # type: ignore[arg-type]
     merged: dict[str, Tensor] = {}
@@ -238,7 +249,7 @@ def inner_loop(
         torch.Size([1, 40])
     """
     plan = _Plan.make("inner_loop", params, steps, lr, names)
-    trace = _adapt(model, plan, params, x, y, loss_fn, first_order=first_order, functorch=False)
+    trace = _adapt(model, plan, params, x, y, loss_fn, _aliases(model), first_order=first_order, functorch=False)
     if return_all:
         return [{**params, **fast} for fast in trace]
     return {**params, **trace[-1]} if trace else dict(params)
@@ -312,30 +323,35 @@ def adapt_batch(
     plan = _Plan.make("adapt_batch", params, steps, lr, names)
     if steps == 0:
         return [] if return_all else dict(params)
+    aliases = _aliases(model)  # outside the compiled functions: they must read no module-level state
     if strategy == "loop":
         if compiled:  # torch.func.grad inside: a compiled graph that autograd can differentiate twice
             adapt_task = functools.partial(_compile(_adapt), first_order=_cut_graph(first_order), functorch=True)
         else:
             adapt_task = functools.partial(_adapt, first_order=first_order, functorch=False)
-        per_task = [adapt_task(model, plan, params, x, y, loss_fn)
+        per_task = [adapt_task(model, plan, params, x, y, loss_fn, aliases)
                     for x, y in zip(support_x.unbind(0), support_y.unbind(0), strict=True)]  # fmt: skip
         kept = range(steps) if return_all else [steps - 1]
         trace = [{name: torch.stack([task[step][name] for task in per_task]) for name in plan.names} for step in kept]
     else:
         adapt_tasks = _compile(_adapt_tasks_vmap) if compiled else _adapt_tasks_vmap
-        trace = adapt_tasks(model, plan, params, support_x, support_y, loss_fn, _cut_graph(first_order), return_all)
+        trace = adapt_tasks(
+            model, plan, params, support_x, support_y, loss_fn, aliases, _cut_graph(first_order), return_all
+        )
     return [{**params, **fast} for fast in trace] if return_all else {**params, **trace[-1]}
 
 
 def _adapt_tasks_vmap(
     model: nn.Module, plan: _Plan, params: Mapping[str, Tensor], support_x: Tensor, support_y: Tensor,
-    loss_fn: LossFn, first_order: bool, return_all: bool,
+    loss_fn: LossFn, aliases: Aliases, first_order: bool, return_all: bool,
 ) -> list[Params]:  # fmt: skip
     """Every task's adaptation at once under :func:`torch.func.vmap`; ``first_order`` already through _cut_graph."""
     fixed = _fixed(params, plan.names, detached=first_order)
 
     def adapt_task(x: Tensor, y: Tensor) -> list[Params]:
-        trace = _adapt(model, plan, params, x, y, loss_fn, first_order=first_order, functorch=True, fixed=fixed)
+        trace = _adapt(
+            model, plan, params, x, y, loss_fn, aliases, first_order=first_order, functorch=True, fixed=fixed
+        )
         return trace if return_all else trace[-1:]
 
     return vmap(adapt_task, randomness="different")(support_x, support_y)  # type: ignore[no-any-return]
@@ -377,6 +393,7 @@ def forward_batch(
     """
     _check_strategy(strategy, "forward_batch")
     per_task, shared = _split_per_task(model, adapted)
+    aliases = _aliases(model)
     n_tasks = query_x.shape[0]
     for name, tensor in per_task.items():
         if tensor.shape[0] != n_tasks:
@@ -388,13 +405,13 @@ def forward_batch(
         unbound = {name: tensor.unbind(0) for name, tensor in per_task.items()}
         return torch.stack(
             [
-                _call(model, {**shared, **{name: t[i] for name, t in unbound.items()}}, x)
+                _call(model, {**shared, **{name: t[i] for name, t in unbound.items()}}, x, aliases)
                 for i, x in enumerate(query_x.unbind(0))
             ]
         )
 
     def forward_task(task_params: Params, x: Tensor) -> Tensor:
-        return _call(model, (task_params, shared), x)
+        return _call(model, (task_params, shared), x, aliases)
 
     return vmap(forward_task, randomness="different")(per_task, query_x)
 
@@ -557,6 +574,7 @@ def _adapt(
     x: Tensor,
     y: Tensor,
     loss_fn: LossFn,
+    aliases: Aliases,
     *,
     first_order: bool,
     functorch: bool,
@@ -577,32 +595,34 @@ def _adapt(
     trace = []
     for lr in plan.lrs:
         if functorch:
-            grads = _grads_functorch(model, fast, fixed, x, y, loss_fn, first_order)
+            grads = _grads_functorch(model, fast, fixed, x, y, loss_fn, aliases, first_order)
         else:
-            grads = _grads_autograd(model, fast, fixed, x, y, loss_fn, first_order)
+            grads = _grads_autograd(model, fast, fixed, x, y, loss_fn, aliases, first_order)
         fast = {name: _descend(p, grads[name], lr[name] if isinstance(lr, Mapping) else lr) for name, p in fast.items()}
         trace.append(fast)
     return trace
 
 
 def _grads_autograd(
-    model: nn.Module, fast: Params, fixed: Params, x: Tensor, y: Tensor, loss_fn: LossFn, first_order: bool
+    model: nn.Module, fast: Params, fixed: Params, x: Tensor, y: Tensor, loss_fn: LossFn, aliases: Aliases,
+    first_order: bool,
 ) -> dict[str, Tensor | None]:
     with torch.enable_grad():
         if first_order:
             inputs = {name: p.detach().requires_grad_() for name, p in fast.items()}
         else:
             inputs = {name: p if p.requires_grad else p.detach().requires_grad_() for name, p in fast.items()}
-        loss = loss_fn(_call(model, (inputs, fixed), x), y)
+        loss = loss_fn(_call(model, (inputs, fixed), x, aliases), y)
         grads = torch.autograd.grad(loss, tuple(inputs.values()), create_graph=not first_order, allow_unused=True)
     return dict(zip(inputs, grads, strict=True))
 
 
 def _grads_functorch(
-    model: nn.Module, fast: Params, fixed: Params, x: Tensor, y: Tensor, loss_fn: LossFn, first_order: bool
+    model: nn.Module, fast: Params, fixed: Params, x: Tensor, y: Tensor, loss_fn: LossFn, aliases: Aliases,
+    first_order: bool,
 ) -> dict[str, Tensor | None]:
     def support_loss(inputs: Params) -> Tensor:
-        return loss_fn(_call(model, (inputs, fixed), x), y)
+        return loss_fn(_call(model, (inputs, fixed), x, aliases), y)
 
     if first_order:
         fast = {name: p.detach() for name, p in fast.items()}
