@@ -604,7 +604,13 @@ def _adapt(
 
 
 def _grads_autograd(
-    model: nn.Module, fast: Params, fixed: Params, x: Tensor, y: Tensor, loss_fn: LossFn, aliases: Aliases,
+    model: nn.Module,
+    fast: Params,
+    fixed: Params,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: LossFn,
+    aliases: Aliases,
     first_order: bool,
 ) -> dict[str, Tensor | None]:
     with torch.enable_grad():
@@ -618,7 +624,13 @@ def _grads_autograd(
 
 
 def _grads_functorch(
-    model: nn.Module, fast: Params, fixed: Params, x: Tensor, y: Tensor, loss_fn: LossFn, aliases: Aliases,
+    model: nn.Module,
+    fast: Params,
+    fixed: Params,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: LossFn,
+    aliases: Aliases,
     first_order: bool,
 ) -> dict[str, Tensor | None]:
     def support_loss(inputs: Params) -> Tensor:
