@@ -1,6 +1,6 @@
 """mini-ImageNet (Vinyals et al., 2016) with the Ravi & Larochelle (2017) split, from the user's own copy.
 
-The images cannot be redistributed, so nothing is downloaded: the adapter reads either of the two layouts in common
+The images cannot be redistributed, so nothing is downloaded: the adapter reads any of the three layouts in common
 use. JPEG folders are decoded once into a uint8 tensor cached on disk (see :mod:`lightning_meta.data.download`).
 """
 
@@ -10,6 +10,7 @@ import csv
 import functools
 import hashlib
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lightning_meta._checks import positive_int
+from lightning_meta.data.checks import check_split
 from lightning_meta.data.download import decode_all, load_or_build
+from lightning_meta.data.splits import MINI_IMAGENET_CLASSES
 
 #: Per-channel mean and standard deviation of mini-ImageNet's training images, in [0, 1] units (the values used by
 #: MetaOptNet and FEAT), applied when ``normalize=True``.
@@ -27,12 +30,15 @@ MINI_IMAGENET_MEAN = (120.39586422 / 255, 115.59361427 / 255, 104.54012653 / 255
 MINI_IMAGENET_STD = (70.68188272 / 255, 68.27635443 / 255, 72.54505529 / 255)
 
 _PICKLE_NAMES = {"train": "train", "val": "validation", "test": "test"}
+#: Images per class in every split of the Ravi & Larochelle mini-ImageNet.
+IMAGES_PER_CLASS = 600
+_FILE_NAME = re.compile(r"^n\d{8}\d{8}\.jpg$")
 
 
 class MiniImageNet(Dataset):
     """mini-ImageNet as a labelled dataset of ``(image, class)``: 64/16/20 classes of 600 images in train/val/test.
 
-    Reads one of two layouts under ``root``:
+    Reads one of three layouts under ``root``:
 
     (a) the Ravi & Larochelle layout: an ``images/`` folder of JPEGs (``<wnid><8 digits>.jpg``) and the split
         lists ``train.csv``, ``val.csv``, ``test.csv`` of ``filename,label`` rows beside it (or under
@@ -41,11 +47,18 @@ class MiniImageNet(Dataset):
     (b) learn2learn's pickles ``mini-imagenet-cache-{train,validation,test}.pkl``: a dict with ``image_data``
         (uint8 ``[N, 84, 84, 3]``) and ``class_dict`` (``{wnid: [indices]}``). Unpickling runs code from the
         file, so only read pickles you trust.
+    (c) the split folders that ``mini-imagenet-tools`` (yaoyao-liu) writes:
+        ``processed_images/{train,val,test}/<wnid>/<wnid><8 digits>.jpg``; ``root`` may be ``processed_images`` or
+        its parent. Decoded and cached like layout (a), keyed by the files' names, sizes and modification times.
 
-    When both are present, the pickle is used. Inputs are float ``[3, S, S]`` in ``[0, 1]``, or standardised with
+    When several are present, the pickle is used first, then (a), then (c). Every layout is checked against the
+    Ravi & Larochelle split shipped with the package (:data:`~lightning_meta.data.splits.MINI_IMAGENET_CLASSES`):
+    64/16/20 classes with exactly those WordNet ids and :data:`IMAGES_PER_CLASS` (600) images each, unless
+    ``check_counts=False``. Inputs are float ``[3, S, S]`` in ``[0, 1]``, or standardised with
     :data:`MINI_IMAGENET_MEAN` and :data:`MINI_IMAGENET_STD` when ``normalize=True``. ``classes`` holds the
-    WordNet ids (``"n01532829"``) in the order of the split list (layout a) or of ``class_dict`` (layout b, as
-    learn2learn numbers them), and ``labels[i]`` indexes it.
+    WordNet ids (``"n01532829"``) in the order of the split list (layout a), of ``class_dict`` (layout b, as
+    learn2learn numbers them) or of the Ravi & Larochelle CSV (layout c, whose images are in file-name order), and
+    ``labels[i]`` indexes it.
 
     Args:
         root: the folder holding either layout.
@@ -54,10 +67,15 @@ class MiniImageNet(Dataset):
         normalize: standardise each channel with the training-set statistics.
         cache_dir: where to keep decoded JPEGs; by default beside the data when ``root`` is writable, else
             ``$LIGHTNING_META_CACHE`` or ``~/.cache/lightning_meta``.
+        check_counts: require the full split (every class of the Ravi & Larochelle split, 600 images each). With
+            ``False`` a subset is accepted (small test fixtures, a partial copy), but every class must still belong
+            to the split and hold at least one image.
 
     Raises:
-        ValueError: an unknown split, a bad ``image_size``, or a malformed split list or pickle.
-        FileNotFoundError: neither layout is complete under ``root`` (the message names both and what was found),
+        ValueError: an unknown split, a bad ``image_size``, a malformed split list or pickle, a class that is not in
+            the Ravi & Larochelle split, or (with ``check_counts``) a missing class or an image count that differs from
+            the split's (the message names the split, the expected and found counts and the path).
+        FileNotFoundError: no layout is complete under ``root`` (the message names all three and what was found),
             or a listed image is missing.
     """
 
@@ -69,6 +87,7 @@ class MiniImageNet(Dataset):
         image_size: int = 84,
         normalize: bool = False,
         cache_dir: str | Path | None = None,
+        check_counts: bool = True,
     ) -> None:
         if split not in _PICKLE_NAMES:
             raise ValueError(f"MiniImageNet: split must be one of {list(_PICKLE_NAMES)}, got {split!r}.")
@@ -79,14 +98,27 @@ class MiniImageNet(Dataset):
         split_list = next(
             (p for p in (self.root / f"{split}.csv", self.root / "splits" / f"{split}.csv") if p.is_file()), None
         )
+        split_folder = next(
+            (p for p in (self.root / split, self.root / "processed_images" / split) if p.is_dir()), None
+        )
         if pickled.is_file():
             self.layout = "pickle"
             images, self.labels, self.classes = _read_pickle(pickled, image_size, cache_dir)
+            where = pickled
         elif split_list is not None and (self.root / "images").is_dir():
             self.layout = "images"
             images, self.labels, self.classes = _read_folder(self.root / "images", split_list, image_size, cache_dir)
+            where = split_list
+        elif split_folder is not None:
+            self.layout = "split_folders"
+            images, self.labels, self.classes = _read_split_folders(split_folder, split, image_size, cache_dir)
+            where = split_folder
         else:
             raise FileNotFoundError(self._missing_message(pickled, split_list))
+        check_split(
+            "MiniImageNet", split, self.classes, self.labels, MINI_IMAGENET_CLASSES[split], where,
+            per_class=IMAGES_PER_CLASS, check_counts=check_counts,
+        )  # fmt: skip
         self._images = images  # uint8 [N, S, S, 3]
         self._mean = torch.tensor(MINI_IMAGENET_MEAN).view(1, 3, 1, 1)
         self._std = torch.tensor(MINI_IMAGENET_STD).view(1, 3, 1, 1)
@@ -97,11 +129,14 @@ class MiniImageNet(Dataset):
             f"images/ with {sum(1 for _ in images.glob('*.jpg'))} .jpg files" if images.is_dir() else "no images/",
             f"split list {split_list.relative_to(self.root)}" if split_list else f"no {self.split}.csv",
             f"no {pickled.name}",
+            f"no {self.split}/ or processed_images/{self.split}/",
         ]
         return (
-            f"MiniImageNet found no copy of the {self.split} split under {self.root}. Expected either layout: "
+            f"MiniImageNet found no copy of the {self.split} split under {self.root}. Expected one of three layouts: "
             f"(a) images/<wnid><8 digits>.jpg with the Ravi & Larochelle split list {self.split}.csv (or "
-            f"splits/{self.split}.csv) of 'filename,label' rows; or (b) learn2learn's pickle {pickled.name}. "
+            f"splits/{self.split}.csv) of 'filename,label' rows; (b) learn2learn's pickle {pickled.name}; or (c) "
+            f"mini-imagenet-tools' processed_images/{self.split}/<wnid>/<wnid><8 digits>.jpg (root may be "
+            "processed_images or its parent). "
             f"Found: {'; '.join(found)}. mini-ImageNet cannot be downloaded automatically (licence); point root at "
             "your own copy."
         )
@@ -173,6 +208,40 @@ def _read_folder(folder: Path, split_list: Path, size: int, cache_dir: str | Pat
         cache_dir=cache_dir,
     )
     return content["images"], labels, classes
+
+
+def _read_split_folders(folder: Path, split: str, size: int, cache_dir: str | Path | None) -> tuple:
+    """Layout (c): ``folder/<wnid>/<wnid><8 digits>.jpg``, classes in the Ravi & Larochelle order."""
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    position = {wnid: i for i, wnid in enumerate(MINI_IMAGENET_CLASSES[split])}
+    classes = sorted(found, key=lambda wnid: position.get(wnid, len(position)))  # unknown ones are named later
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, wnid in enumerate(classes):
+        files = sorted(p for p in (folder / wnid).iterdir() if _FILE_NAME.match(p.name) and p.name.startswith(wnid))
+        paths += files
+        labels += [label] * len(files)
+    identity = {"files": [[f"{p.parent.name}/{p.name}", *_size_and_mtime(p)] for p in paths]}
+
+    def build() -> dict:
+        decode = functools.partial(_decode_rgb, size=size)
+        description = f"Decoding mini-ImageNet {split} ({size}px)"
+        return {"images": decode_all(paths, decode, (size, size, 3), len(paths), description)}
+
+    if not paths:  # nothing to decode; check_split names the empty classes
+        images = torch.zeros(0, size, size, 3, dtype=torch.uint8)
+    else:
+        key = {"image_size": size, "source": identity}
+        content = load_or_build(
+            f"miniimagenet-{split}-folders-{size}px", key, build, data_dir=folder.parent, cache_dir=cache_dir
+        )
+        images = content["images"]
+    return images, torch.tensor(labels, dtype=torch.long), classes
+
+
+def _size_and_mtime(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _read_pickle(path: Path, size: int, cache_dir: str | Path | None) -> tuple:

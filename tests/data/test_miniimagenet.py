@@ -1,4 +1,4 @@
-"""MiniImageNet on small fixtures in the two real layouts, built from real rows of the Ravi & Larochelle split lists."""
+"""MiniImageNet on small fixtures in the three real layouts, from real rows of the Ravi & Larochelle split lists."""
 
 from __future__ import annotations
 
@@ -72,6 +72,17 @@ def pickle_root(tmp_path: Path, data_root: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def folders_root(tmp_path: Path, data_root: Path) -> Path:
+    """Layout (c), as mini-imagenet-tools writes it: processed_images/<split>/<wnid>/<wnid><8 digits>.jpg."""
+    root = tmp_path / "tools" / "processed_images"
+    for split in SPLITS:
+        for i, (filename, wnid) in enumerate(real_rows(data_root, split)):
+            (root / split / wnid).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(picture(i // PER_CLASS, i % PER_CLASS)).save(root / split / wnid / filename, quality=95)
+    return root
+
+
 def jpeg_input(path: Path, size: int = 84) -> torch.Tensor:
     """Independent reference: PIL decode (and LANCZOS resize), HWC -> CHW, scaled to [0, 1]."""
     image = Image.open(path).convert("RGB")
@@ -82,7 +93,7 @@ def jpeg_input(path: Path, size: int = 84) -> torch.Tensor:
 
 @pytest.mark.parametrize("split", SPLITS)
 def test_miniimagenet_images_layout_reads_labels_classes_and_pixels(images_root, data_root, split, tmp_path):
-    dataset = MiniImageNet(images_root, split, cache_dir=tmp_path / "cache")
+    dataset = MiniImageNet(images_root, split, cache_dir=tmp_path / "cache", check_counts=False)
     rows = real_rows(data_root, split)
     assert dataset.layout == "images" and len(dataset) == CLASSES * PER_CLASS
     assert dataset.classes == list(dict.fromkeys(label for _, label in rows))
@@ -101,12 +112,12 @@ def test_miniimagenet_split_lists_under_splits_folder_are_accepted(images_root, 
     (images_root / "splits").mkdir()
     for split in SPLITS:
         os.replace(images_root / f"{split}.csv", images_root / "splits" / f"{split}.csv")
-    dataset = MiniImageNet(images_root, "val", cache_dir=tmp_path / "cache")
+    dataset = MiniImageNet(images_root, "val", cache_dir=tmp_path / "cache", check_counts=False)
     assert len(dataset) == CLASSES * PER_CLASS and len(dataset.classes) == CLASSES
 
 
 def test_miniimagenet_pickle_layout_follows_learn2learn_format(pickle_root):
-    dataset = MiniImageNet(pickle_root, "val")
+    dataset = MiniImageNet(pickle_root, "val", check_counts=False)
     with open(pickle_root / "mini-imagenet-cache-validation.pkl", "rb") as file:
         data = pickle.load(file)
     assert dataset.layout == "pickle" and dataset.classes == list(data["class_dict"])
@@ -120,14 +131,14 @@ def test_miniimagenet_pickle_layout_follows_learn2learn_format(pickle_root):
 def test_miniimagenet_prefers_the_pickle_when_both_layouts_are_present(images_root, pickle_root):
     for path in pickle_root.iterdir():
         os.replace(path, images_root / path.name)
-    assert MiniImageNet(images_root, "train").layout == "pickle"
+    assert MiniImageNet(images_root, "train", check_counts=False).layout == "pickle"
 
 
 def test_miniimagenet_image_size_resizes_with_lanczos(images_root, pickle_root, data_root, tmp_path):
-    dataset = MiniImageNet(images_root, "test", image_size=32, cache_dir=tmp_path / "cache")
+    dataset = MiniImageNet(images_root, "test", image_size=32, cache_dir=tmp_path / "cache", check_counts=False)
     first = real_rows(data_root, "test")[0][0]
     torch.testing.assert_close(dataset[0][0], jpeg_input(images_root / "images" / first, 32), atol=1e-6, rtol=0)
-    small = MiniImageNet(pickle_root, "test", image_size=32)
+    small = MiniImageNet(pickle_root, "test", image_size=32, check_counts=False)
     with open(pickle_root / "mini-imagenet-cache-test.pkl", "rb") as file:
         array = pickle.load(file)["image_data"][5]
     reference = np.asarray(Image.fromarray(array).resize((32, 32), Image.Resampling.LANCZOS))
@@ -135,8 +146,8 @@ def test_miniimagenet_image_size_resizes_with_lanczos(images_root, pickle_root, 
 
 
 def test_miniimagenet_normalize_standardises_each_channel(pickle_root):
-    plain = MiniImageNet(pickle_root, "train")
-    normalised = MiniImageNet(pickle_root, "train", normalize=True)
+    plain = MiniImageNet(pickle_root, "train", check_counts=False)
+    normalised = MiniImageNet(pickle_root, "train", normalize=True, check_counts=False)
     mean = torch.tensor(MINI_IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(MINI_IMAGENET_STD).view(3, 1, 1)
     torch.testing.assert_close(normalised[3][0], (plain[3][0] - mean) / std)
@@ -144,7 +155,7 @@ def test_miniimagenet_normalize_standardises_each_channel(pickle_root):
 
 
 def test_miniimagenet_cache_second_load_is_identical_and_keyed_by_the_files(images_root, monkeypatch):
-    first = MiniImageNet(images_root, "train")
+    first = MiniImageNet(images_root, "train", check_counts=False)
     assert len(list(images_root.glob("*.pt"))) == 1  # root is writable: the cache sits beside the data
     real_decode_all = miniimagenet_module.decode_all
 
@@ -152,14 +163,14 @@ def test_miniimagenet_cache_second_load_is_identical_and_keyed_by_the_files(imag
         raise AssertionError("decoded again although the cache is valid")
 
     monkeypatch.setattr(miniimagenet_module, "decode_all", refuse)
-    second = MiniImageNet(images_root, "train")
+    second = MiniImageNet(images_root, "train", check_counts=False)
     assert torch.equal(first.gather_inputs(torch.arange(18)), second.gather_inputs(torch.arange(18)))
     # Replace one image: the cache is stale and must be rebuilt with the new pixels.
     monkeypatch.setattr(miniimagenet_module, "decode_all", real_decode_all)
     name = sorted((images_root / "images").iterdir())[0]
     Image.fromarray(np.zeros((84, 84, 3), dtype=np.uint8)).save(name, quality=95)
     os.utime(name, ns=(1, 1))
-    changed = MiniImageNet(images_root, "train")
+    changed = MiniImageNet(images_root, "train", check_counts=False)
     index = next(i for i, (f, _) in enumerate(real_rows_from(images_root / "train.csv")) if f == name.name)
     assert float(changed[index][0].max()) < 0.05 and float(first[index][0].max()) > 0.5
 
@@ -169,10 +180,10 @@ def real_rows_from(path: Path) -> list[tuple[str, str]]:
         return [(row["filename"], row["label"]) for row in csv.DictReader(file)]
 
 
-@pytest.mark.parametrize("layout", ["images", "pickle"])
-def test_miniimagenet_episodes_through_datamodule(images_root, pickle_root, layout, tmp_path):
-    root = images_root if layout == "images" else pickle_root
-    splits = [MiniImageNet(root, split, cache_dir=tmp_path / "cache") for split in SPLITS]
+@pytest.mark.parametrize("layout", ["images", "pickle", "split_folders"])
+def test_miniimagenet_episodes_through_datamodule(images_root, pickle_root, folders_root, layout, tmp_path):
+    root = {"images": images_root, "pickle": pickle_root, "split_folders": folders_root}[layout]
+    splits = [MiniImageNet(root, split, cache_dir=tmp_path / "cache", check_counts=False) for split in SPLITS]
     datamodule = EpisodicDataModule(
         *splits, ways=3, shots=2, queries=4, tasks_per_batch=2, train_episodes=4, eval_episodes=2, seed=1
     )
@@ -195,20 +206,20 @@ def test_miniimagenet_missing_files_error_names_both_layouts(tmp_path):
     with pytest.raises(
         FileNotFoundError, match=r"images/<wnid><8 digits>\.jpg .* train\.csv .* mini-imagenet-cache-train\.pkl"
     ):
-        MiniImageNet(tmp_path, "train")
+        MiniImageNet(tmp_path, "train", check_counts=False)
     (tmp_path / "images").mkdir()
     with pytest.raises(
         FileNotFoundError,
         match=r"Found: images/ with 0 \.jpg files; no val\.csv; no mini-imagenet-cache-validation\.pkl",
     ):
-        MiniImageNet(tmp_path, "val")
+        MiniImageNet(tmp_path, "val", check_counts=False)
 
 
 def test_miniimagenet_listed_image_that_is_missing_is_named(images_root, data_root, tmp_path):
     missing = real_rows(data_root, "val")[4][0]
     (images_root / "images" / missing).unlink()
     with pytest.raises(FileNotFoundError, match=rf"val\.csv lists {missing}, which is not in"):
-        MiniImageNet(images_root, "val", cache_dir=tmp_path / "cache")
+        MiniImageNet(images_root, "val", cache_dir=tmp_path / "cache", check_counts=False)
 
 
 def test_miniimagenet_malformed_pickles_raise(tmp_path):
@@ -223,11 +234,78 @@ def test_miniimagenet_malformed_pickles_raise(tmp_path):
         with open(tmp_path / "mini-imagenet-cache-train.pkl", "wb") as file:
             pickle.dump(content, file)
         with pytest.raises(ValueError, match=message):
-            MiniImageNet(tmp_path, "train")
+            MiniImageNet(tmp_path, "train", check_counts=False)
 
 
 def test_miniimagenet_rejects_unknown_split_and_bad_size(tmp_path):
     with pytest.raises(ValueError, match=r"split must be one of \['train', 'val', 'test'\], got 'validation'"):
-        MiniImageNet(tmp_path, "validation")
+        MiniImageNet(tmp_path, "validation", check_counts=False)
     with pytest.raises(ValueError, match="image_size must be a positive integer"):
-        MiniImageNet(tmp_path, "train", image_size=-1)
+        MiniImageNet(tmp_path, "train", image_size=-1, check_counts=False)
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_miniimagenet_split_folders_layout_reads_ravi_classes_in_order(folders_root, data_root, split, tmp_path):
+    rows = real_rows(data_root, split)
+    for root in (folders_root, folders_root.parent):  # processed_images itself or its parent
+        dataset = MiniImageNet(root, split, cache_dir=tmp_path / "cache", check_counts=False)
+        assert dataset.layout == "split_folders" and len(dataset) == CLASSES * PER_CLASS
+        assert dataset.classes == list(dict.fromkeys(label for _, label in rows))  # the CSV's order
+        assert dataset.labels.tolist() == [c for c in range(CLASSES) for _ in range(PER_CLASS)]
+        for i in (0, 8, 17):  # images in file-name order within each class, which is the CSV's order
+            filename, wnid = rows[i]
+            torch.testing.assert_close(
+                dataset[i][0], jpeg_input(folders_root / split / wnid / filename), atol=1e-6, rtol=0
+            )
+
+
+def test_miniimagenet_split_folders_classes_follow_the_ravi_list_not_the_folder_order(folders_root, tmp_path):
+    from lightning_meta.data.splits import MINI_IMAGENET_CLASSES
+
+    dataset = MiniImageNet(folders_root, "train", cache_dir=tmp_path / "cache", check_counts=False)
+    order = [MINI_IMAGENET_CLASSES["train"].index(wnid) for wnid in dataset.classes]
+    assert order == sorted(order)
+
+
+def test_miniimagenet_split_folders_ignore_other_files_and_use_the_cache(folders_root, monkeypatch):
+    wnid = sorted((folders_root / "val").iterdir())[0]
+    (wnid / "Thumbs.db").write_bytes(b"x")
+    (wnid / "notes.txt").write_text("not an image")
+    first = MiniImageNet(folders_root, "val", check_counts=False)
+    assert len(first) == CLASSES * PER_CLASS
+    assert len(list(folders_root.glob("*.pt"))) == 1  # beside the split folders
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded again although the cache is valid")
+
+    monkeypatch.setattr(miniimagenet_module, "decode_all", refuse)
+    second = MiniImageNet(folders_root.parent, "val", check_counts=False)
+    assert torch.equal(first.gather_inputs(torch.arange(18)), second.gather_inputs(torch.arange(18)))
+
+
+def test_miniimagenet_full_split_check_names_missing_classes_and_path(folders_root, images_root, tmp_path):
+    with pytest.raises(ValueError, match=r"MiniImageNet val split at .*processed_images/val: expected the 16 classes "
+                       r"of the split, found 3; missing 13: n\d{8}.*check_counts=False"):  # fmt: skip
+        MiniImageNet(folders_root, "val", cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match=r"MiniImageNet test split at .*test\.csv: expected the 20 classes"):
+        MiniImageNet(images_root, "test", cache_dir=tmp_path / "cache")
+
+
+def test_miniimagenet_full_split_check_names_classes_with_another_image_count(folders_root, monkeypatch, tmp_path):
+    present = tuple(sorted(p.name for p in (folders_root / "test").iterdir()))
+    monkeypatch.setattr(miniimagenet_module, "MINI_IMAGENET_CLASSES", {"test": present})
+    monkeypatch.setattr(miniimagenet_module, "IMAGES_PER_CLASS", PER_CLASS)
+    assert len(MiniImageNet(folders_root, "test", cache_dir=tmp_path / "cache")) == CLASSES * PER_CLASS
+    sorted((folders_root / "test" / present[1]).iterdir())[0].unlink()
+    with pytest.raises(ValueError, match=rf"expected 6 images in every class, found 1 classes with another count: "
+                       rf"{present[1]} \(5\)"):  # fmt: skip
+        MiniImageNet(folders_root, "test", cache_dir=tmp_path / "cache")
+
+
+def test_miniimagenet_split_folders_reject_a_class_of_another_split(folders_root, data_root, tmp_path):
+    stray = real_rows(data_root, "train")[0]
+    (folders_root / "val" / stray[1]).mkdir()
+    Image.fromarray(picture(0, 0)).save(folders_root / "val" / stray[1] / stray[0], quality=95)
+    with pytest.raises(ValueError, match=rf"1 classes are not in the val split of the benchmark \(16 classes\): "
+                       rf"{stray[1]}"):  # fmt: skip
+        MiniImageNet(folders_root, "val", cache_dir=tmp_path / "cache", check_counts=False)
