@@ -1,5 +1,6 @@
 """Episodic data: task families, datasets and the datamodule that turns them into meta-batches."""
 
+from lightning_meta.data.cifar import CIFARFS, FC100
 from lightning_meta.data.datamodule import EpisodicDataModule
 from lightning_meta.data.learn2learn import Learn2LearnTasks
 from lightning_meta.data.miniimagenet import MiniImageNet
@@ -9,6 +10,8 @@ from lightning_meta.data.sinusoid import Sinusoid
 from lightning_meta.data.tasks import LabelledTasks, TaskFamily
 
 __all__ = [
+    "CIFARFS",
+    "FC100",
     "EpisodeDataset",
     "EpisodeLoader",
     "EpisodeSampler",
