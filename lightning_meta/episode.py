@@ -31,6 +31,10 @@ class Episode:
         batched: whether dimension 0 indexes tasks.
         task_ids: the global index of each task in its stage and epoch (``[n_tasks]`` when batched), for
             tracing which tasks a process saw; ``None`` when unknown.
+        domains: for episodes drawn from several datasets (:class:`~lightning_meta.data.MultiDomainTasks`), the
+            index in ``domain_names`` of the dataset of each task (long, ``[n_tasks]`` when batched); moved with
+            the episode. ``None`` for single-dataset episodes.
+        domain_names: the names of the datasets ``domains`` indexes.
 
     Example:
         >>> import torch
@@ -50,6 +54,8 @@ class Episode:
     ways: int | None = None
     batched: bool = False
     task_ids: Tensor | None = None
+    domains: Tensor | None = None
+    domain_names: tuple[str, ...] | None = None
 
     @property
     def n_tasks(self) -> int:
@@ -74,6 +80,8 @@ class Episode:
                 ways=self.ways,
                 batched=False,
                 task_ids=None if self.task_ids is None else self.task_ids[i],
+                domains=None if self.domains is None else self.domains[i],
+                domain_names=self.domain_names,
             )
 
     def __len__(self) -> int:
@@ -86,6 +94,7 @@ class Episode:
             support_y=fn(self.support_y),
             query_x=fn(self.query_x),
             query_y=fn(self.query_y),
+            domains=None if self.domains is None else fn(self.domains),
         )
 
     def to(self, *args: Any, **kwargs: Any) -> Episode:
@@ -109,15 +118,35 @@ class Episode:
 
     @staticmethod
     def stack(episodes: Sequence[Episode]) -> Episode:
-        """Stack unbatched episodes of the same shape into a meta-batch."""
+        """Stack unbatched episodes of the same shape into a meta-batch.
+
+        Raises:
+            ValueError: no episodes, a batched episode, or episodes of different ways or shapes (variable-way or
+                variable-shot episodes cannot share a meta-batch: draw them one task per meta-batch).
+        """
         if not episodes:
             raise ValueError("Episode.stack needs at least one episode, got an empty sequence.")
         first = episodes[0]
         if any(e.batched for e in episodes):
             raise ValueError("Episode.stack takes single-task episodes; got an episode with batched=True.")
+        for e in episodes[1:]:
+            if (
+                e.ways != first.ways
+                or e.support_x.shape != first.support_x.shape
+                or (e.query_x.shape != first.query_x.shape)
+            ):
+                raise ValueError(
+                    "Episode.stack needs episodes of one size: got ways "
+                    f"{first.ways} and {e.ways}, support {tuple(first.support_x.shape)} and "
+                    f"{tuple(e.support_x.shape)}, query {tuple(first.query_x.shape)} and {tuple(e.query_x.shape)}. "
+                    "Variable-way or variable-shot episodes need one task per meta-batch (tasks_per_batch=1)."
+                )
         ids = None
         if all(e.task_ids is not None for e in episodes):
             ids = torch.stack([torch.as_tensor(e.task_ids) for e in episodes])
+        domains = None
+        if all(e.domains is not None for e in episodes):
+            domains = torch.stack([torch.as_tensor(e.domains) for e in episodes])
         return Episode(
             torch.stack([e.support_x for e in episodes]),
             torch.stack([e.support_y for e in episodes]),
@@ -126,6 +155,8 @@ class Episode:
             ways=first.ways,
             batched=True,
             task_ids=ids,
+            domains=domains,
+            domain_names=first.domain_names,
         )
 
     def __repr__(self) -> str:

@@ -55,7 +55,8 @@ class EpisodicDataModule(L.LightningDataModule):
 
     Raises:
         ValueError: at construction for a count that is not a positive integer; at :meth:`setup` for an empty split,
-            non-integer labels, more ways than classes, or a class with fewer than ``shots + queries`` examples;
+            non-integer labels, more ways than classes, a class with fewer than ``shots + queries`` examples, or
+            a task family of variable-size episodes (``variable_size``) with more than one task per meta-batch;
             when the training loader is built, for ``train_episodes`` smaller than one meta-batch across ranks.
 
     Example:
@@ -139,6 +140,14 @@ class EpisodicDataModule(L.LightningDataModule):
                 )
             ways, shots, queries = self._size(split)
             tasks.validate(ways=ways, shots=shots, queries=queries, split=split)
+            setting = "tasks_per_batch" if split == "train" else "eval_tasks_per_batch"
+            per_batch = self.tasks_per_batch if split == "train" else self.eval_tasks_per_batch
+            if getattr(tasks, "variable_size", False) and per_batch != 1:
+                raise ValueError(
+                    f"EpisodicDataModule: the {split} tasks have variable ways and shots, so each meta-batch holds one "
+                    f"task: {setting} must be 1, got {per_batch}. For the meta-gradient of a larger meta-batch, "
+                    "accumulate gradients with Trainer(accumulate_grad_batches=...)."
+                )
             self._tasks[split] = tasks
         return self._tasks[split]
 

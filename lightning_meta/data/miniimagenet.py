@@ -51,10 +51,12 @@ class MiniImageNet(Dataset):
         ``processed_images/{train,val,test}/<wnid>/<wnid><8 digits>.jpg``; ``root`` may be ``processed_images`` or
         its parent. Decoded and cached like layout (a), keyed by the files' names, sizes and modification times.
 
-    When several are present, the pickle is used first, then (a), then (c). Every layout is checked against the
-    Ravi & Larochelle split shipped with the package (:data:`~lightning_meta.data.splits.MINI_IMAGENET_CLASSES`):
-    64/16/20 classes with exactly those WordNet ids and :data:`IMAGES_PER_CLASS` (600) images each, unless
-    ``check_counts=False``. Inputs are float ``[3, S, S]`` in ``[0, 1]``, or standardised with
+    When several are present, the pickle is used first, then (a), then (c). Every class must belong to the Ravi &
+    Larochelle split shipped with the package (:data:`~lightning_meta.data.splits.MINI_IMAGENET_CLASSES`). With
+    ``check_counts`` the split must be complete: 64/16/20 classes, exactly those WordNet ids, with
+    :data:`IMAGES_PER_CLASS` (600) images each. It is on by default for layout (c), whose class list comes from the
+    package (an incomplete copy would otherwise silently give a smaller split), and off by default for (a) and (b),
+    which carry their own split list. Inputs are float ``[3, S, S]`` in ``[0, 1]``, or standardised with
     :data:`MINI_IMAGENET_MEAN` and :data:`MINI_IMAGENET_STD` when ``normalize=True``. ``classes`` holds the
     WordNet ids (``"n01532829"``) in the order of the split list (layout a), of ``class_dict`` (layout b, as
     learn2learn numbers them) or of the Ravi & Larochelle CSV (layout c, whose images are in file-name order), and
@@ -67,9 +69,10 @@ class MiniImageNet(Dataset):
         normalize: standardise each channel with the training-set statistics.
         cache_dir: where to keep decoded JPEGs; by default beside the data when ``root`` is writable, else
             ``$LIGHTNING_META_CACHE`` or ``~/.cache/lightning_meta``.
-        check_counts: require the full split (every class of the Ravi & Larochelle split, 600 images each). With
-            ``False`` a subset is accepted (small test fixtures, a partial copy), but every class must still belong
-            to the split and hold at least one image.
+        check_counts: require the full split (every class of the Ravi & Larochelle split, 600 images each);
+            ``False`` accepts a subset (small test fixtures, a partial copy), though every class must still belong
+            to the split and hold at least one image. ``None`` (default): ``True`` for layout (c), ``False`` for
+            layouts (a) and (b).
 
     Raises:
         ValueError: an unknown split, a bad ``image_size``, a malformed split list or pickle, a class that is not in
@@ -87,7 +90,7 @@ class MiniImageNet(Dataset):
         image_size: int = 84,
         normalize: bool = False,
         cache_dir: str | Path | None = None,
-        check_counts: bool = True,
+        check_counts: bool | None = None,
     ) -> None:
         if split not in _PICKLE_NAMES:
             raise ValueError(f"MiniImageNet: split must be one of {list(_PICKLE_NAMES)}, got {split!r}.")
@@ -117,7 +120,8 @@ class MiniImageNet(Dataset):
             raise FileNotFoundError(self._missing_message(pickled, split_list))
         check_split(
             "MiniImageNet", split, self.classes, self.labels, MINI_IMAGENET_CLASSES[split], where,
-            per_class=IMAGES_PER_CLASS, check_counts=check_counts,
+            per_class=IMAGES_PER_CLASS,
+            check_counts=self.layout == "split_folders" if check_counts is None else check_counts,
         )  # fmt: skip
         self._images = images  # uint8 [N, S, S, 3]
         self._mean = torch.tensor(MINI_IMAGENET_MEAN).view(1, 3, 1, 1)

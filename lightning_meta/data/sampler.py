@@ -137,6 +137,8 @@ class EpisodeDataset(Dataset):
             task.query_y,
             ways=task.ways,
             task_ids=torch.tensor(index),
+            domains=task.domains,
+            domain_names=task.domain_names,
         )
 
     def __getitem__(self, key: EpisodeKey) -> Episode:  # type: ignore[override]

@@ -128,6 +128,11 @@ class LabelledTasks:
         ``eval_ways``/``eval_shots``/``eval_queries`` for the others.
         """
         p = "" if split == "train" else "eval_"
+        if ways < 2:
+            raise ValueError(
+                f"{p}ways={ways}: a task needs at least 2 classes (with one class every prediction is right, the "
+                "cross-entropy is exactly 0 and nothing is learned)."
+            )
         if ways > self.n_classes:
             raise ValueError(
                 f"{p}ways={ways} exceeds the number of classes in the {split} split ({self.n_classes} classes)."
@@ -140,6 +145,54 @@ class LabelledTasks:
                 f"{p}shots + {p}queries = {shots} + {queries} = {need} exceeds the {have} examples "
                 f"of class {self.class_name(smallest)} in the {split} split; every class must hold at least {need}."
             )
+
+        self.check_examples(split)
+
+    def check_examples(self, split: str, *, classes: int = 32) -> None:
+        """Check the first example of up to ``classes`` classes: ``(tensor, label)`` pairs, all of one shape.
+
+        Catches at setup what would otherwise fail at the first batch with an obscure message: dictionaries as
+        items, PIL images without ``ToTensor``, images of different sizes.
+
+        Raises:
+            ValueError: naming the item, what was found and the transform or wrapper that fixes it.
+        """
+        if getattr(self.dataset, "gather_inputs", None) is not None:  # the dataset stacks its own inputs
+            return
+        shapes: dict[tuple[int, ...], int] = {}
+        for c in range(min(classes, self.n_classes)):
+            index = int(self.members[c, 0])
+            item = self.dataset[index]
+            if not isinstance(item, (tuple, list)) or len(item) < 2:
+                raise ValueError(
+                    f"The {split} dataset's item {index} is a {type(item).__name__}"
+                    + (f" with keys {list(item)[:5]}" if isinstance(item, dict) else "")
+                    + ", not an (input, label) pair: wrap the dataset so that dataset[i] returns (x, y), "
+                    "or pass a TaskFamily."
+                )
+            x = item[0]
+            if not isinstance(x, Tensor):
+                try:
+                    x = torch.as_tensor(x)
+                except (TypeError, ValueError, RuntimeError):
+                    hint = (
+                        " add torchvision.transforms.ToTensor() (or PILToTensor()) to the dataset's transform"
+                        if type(x).__module__.startswith("PIL")
+                        else " make the dataset return tensors"
+                    )
+                    raise ValueError(
+                        f"The {split} dataset's item {index} has an input of type {type(x).__module__}."
+                        f"{type(x).__name__}, which cannot be stacked into episodes:{hint}."
+                    ) from None
+            shape = tuple(x.shape)
+            if shapes and shape not in shapes:
+                first_shape, first_index = next(iter(shapes.items()))
+                raise ValueError(
+                    f"The {split} dataset's inputs have different shapes: {first_shape} (item {first_index}) and "
+                    f"{shape} (item {index}). Episodes stack their inputs, so they need one shape: add a transform "
+                    "such as torchvision.transforms.Resize((84, 84)) (with CenterCrop for other aspect ratios)."
+                )
+            shapes.setdefault(shape, index)
 
     def sample(self, generator: torch.Generator, *, ways: int, shots: int, queries: int) -> Episode:
         """Draw one ``ways``-way task with ``shots`` support and ``queries`` query examples per class."""
@@ -159,6 +212,10 @@ class LabelledTasks:
             query_y=labels.repeat_interleave(queries),
             ways=ways,
         )
+
+    def gather(self, index: Tensor) -> Tensor:
+        """The stacked inputs of the dataset's examples ``index`` (through ``gather_inputs`` when it has one)."""
+        return self._gather(index)
 
     def _gather(self, index: Tensor) -> Tensor:
         gather = getattr(self.dataset, "gather_inputs", None)

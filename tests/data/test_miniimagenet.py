@@ -288,7 +288,8 @@ def test_miniimagenet_full_split_check_names_missing_classes_and_path(folders_ro
                        r"of the split, found 3; missing 13: n\d{8}.*check_counts=False"):  # fmt: skip
         MiniImageNet(folders_root, "val", cache_dir=tmp_path / "cache")
     with pytest.raises(ValueError, match=r"MiniImageNet test split at .*test\.csv: expected the 20 classes"):
-        MiniImageNet(images_root, "test", cache_dir=tmp_path / "cache")
+        MiniImageNet(images_root, "test", cache_dir=tmp_path / "cache", check_counts=True)
+    assert len(MiniImageNet(images_root, "test", cache_dir=tmp_path / "cache")) == CLASSES * PER_CLASS  # own list
 
 
 def test_miniimagenet_full_split_check_names_classes_with_another_image_count(folders_root, monkeypatch, tmp_path):
