@@ -6,7 +6,7 @@ Learners are LightningModules (:mod:`lightning_meta.learners`), fed by episodic 
 
 from lightning_meta.data import EpisodicDataModule
 from lightning_meta.episode import Episode
-from lightning_meta.learners import ANIL, MAML, R2D2, MatchingNet, MetaLearner, MetaSGD, ProtoNet, Reptile
+from lightning_meta.learners import ANIL, MAML, R2D2, SNAIL, MatchingNet, MetaLearner, MetaSGD, ProtoNet, Reptile
 from lightning_meta.metrics import EpisodeAccuracy
 from lightning_meta.models import MLP, Conv4, ResNet12
 
@@ -27,5 +27,6 @@ __all__ = [
     "ProtoNet",
     "ResNet12",
     "Reptile",
+    "SNAIL",
     "__version__",
 ]

@@ -9,5 +9,17 @@ from lightning_meta.learners.metasgd import MetaSGD
 from lightning_meta.learners.protonet import ProtoNet
 from lightning_meta.learners.r2d2 import R2D2
 from lightning_meta.learners.reptile import Reptile
+from lightning_meta.learners.snail import SNAIL
 
-__all__ = ["ANIL", "MAML", "GradientLearner", "MatchingNet", "MetaLearner", "MetaSGD", "ProtoNet", "R2D2", "Reptile"]
+__all__ = [
+    "ANIL",
+    "MAML",
+    "SNAIL",
+    "GradientLearner",
+    "MatchingNet",
+    "MetaLearner",
+    "MetaSGD",
+    "ProtoNet",
+    "R2D2",
+    "Reptile",
+]

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from lightning_meta.data import EpisodicDataModule, Sinusoid
-from lightning_meta.learners import ANIL, MAML, R2D2, MatchingNet, MetaLearner, MetaSGD, ProtoNet, Reptile
+from lightning_meta.learners import ANIL, MAML, R2D2, SNAIL, MatchingNet, MetaLearner, MetaSGD, ProtoNet, Reptile
 from lightning_meta.models import MLP
 from tests.helpers.trainers import quiet_trainer
 
@@ -38,6 +38,7 @@ LEARNERS: dict[str, Callable[[], MetaLearner]] = {
     "protonet": lambda: ProtoNet(MLP(in_features=4, hidden=(16,), out_features=8), lr=0.01),
     "matchingnet": lambda: MatchingNet(MLP(in_features=4, hidden=(16,), out_features=8), embedding_dim=8, lr=0.01),
     "r2d2": lambda: R2D2(MLP(in_features=4, hidden=(16,), out_features=8), lr=0.01),
+    "snail": lambda: SNAIL(MLP(in_features=4, hidden=(16,), out_features=8), ways=3, shots=2, lr=0.001),
 }
 
 
@@ -48,7 +49,7 @@ def datamodule(
 
     With ``eval_episodes``, the validation and test splits are the training data too (fixed episodes of it).
     """
-    data = blobs() if name in ("protonet", "matchingnet", "r2d2") else Sinusoid()
+    data = blobs() if name in ("protonet", "matchingnet", "r2d2", "snail") else Sinusoid()
     evaluation = data if eval_episodes is not None else None
     size = {"ways": 3, "shots": 2, "queries": 3} if isinstance(data, TensorDataset) else {"shots": 5, "queries": 5}
     return EpisodicDataModule(data, evaluation, evaluation, **size, tasks_per_batch=tasks_per_batch,
