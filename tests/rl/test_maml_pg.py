@@ -64,8 +64,22 @@ def short_navigation_run(steps: int) -> tuple[dict[str, float], dict[str, float]
 
 @pytest.mark.integration
 def test_short_meta_training_on_navigation_improves_the_return_after_one_inner_step():
-    """Measured (seed 0, 30 meta-steps): see the README figures in the report; margins asserted with slack."""
+    """Measured here (seed 0, 30 meta-steps of 10 tasks x 10 episodes, 20 fixed validation tasks, 58 s on a busy
+    2-core machine): return before -> after one inner step -103.2 -> -97.0 untrained, -37.2 -> -31.0 after meta-training
+    (a gain of 6.2; 2 and 3 steps: -26.0, -21.6). Asserted with slack: a gain above 3, and the post-adaptation return
+    up by more than 30 over the untrained one (measured 66)."""
     before, after = short_navigation_run(30)
     gain = after["val/return_1_steps"] - after["val/return_0_steps"]
-    assert gain > 5.0, (before, after)
-    assert after["val/return_1_steps"] > before["val/return_1_steps"] + 10.0, (before, after)
+    assert gain > 3.0, (before, after)
+    assert after["val/return_1_steps"] > before["val/return_1_steps"] + 30.0, (before, after)
+
+
+def test_checkpoint_loads_with_weights_only_and_rebuilds_the_policy(tmp_path):
+    learner = tiny_learner()
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
+    trainer.fit(learner, tiny_datamodule(2, train_tasks=2))
+    trainer.save_checkpoint(tmp_path / "rl.ckpt")
+    loaded = MAMLPolicyGradient.load_from_checkpoint(tmp_path / "rl.ckpt", weights_only=True)
+    assert type(loaded.policy) is GaussianMLPPolicy and loaded.trajectories_per_task == 4
+    for name, value in learner.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[name]), name
