@@ -77,7 +77,7 @@ def learn2learn_meta_loss(learner: MAMLPolicyGradient, maml: torch.nn.Module, ba
                         horizon=family.horizon)  # fmt: skip
         loss = learner.outer_losses(adapted, after)[0] / batch.n_tasks
         loss.backward()
-        total += float(loss)
+        total += float(loss.detach())
     return total
 
 

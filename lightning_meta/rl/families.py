@@ -94,8 +94,8 @@ class GymnasiumFamily(EnvFamily):
 
     Each task sets ``env.set_wrapper_attr(name, value)`` for every parameter (the attribute of the first wrapper, or
     of the base environment, that has it), so the parameter must be an attribute the environment reads at every step
-    (Pendulum's ``m``, ``l`` and ``g``; Acrobot's ``LINK_MASS_1``; not CartPole's ``masspole``, whose derived
-    quantities are computed once in ``__init__``).
+    (Pendulum's ``m``, ``l`` and ``g``; Acrobot's ``LINK_MASS_1``; CartPole's ``force_mag``; not its ``masspole``,
+    whose derived quantities are computed once in ``__init__``).
 
     Args:
         env_id: a registered Gymnasium id, such as ``"Pendulum-v1"``.

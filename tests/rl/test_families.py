@@ -115,3 +115,26 @@ def test_half_cheetah_families_reward_the_sampled_velocity_and_direction():
     directions = {float(HalfCheetahDirection().sample(torch.Generator().manual_seed(s))["goal_direction"])
                   for s in range(20)}  # fmt: skip
     assert directions == {-1.0, 1.0}
+
+
+def test_discrete_family_with_early_termination_masks_the_steps_after_the_end():
+    """CartPole with a sampled push force: episodes end early, a categorical policy acts, the learner trains."""
+    from lightning_meta.rl import CategoricalMLPPolicy, MAMLPolicyGradient
+
+    family = GymnasiumFamily(env_id="CartPole-v1", parameters={"force_mag": (5.0, 15.0)}, horizon=60)
+    batch, _ = _batch(family, tasks=2)
+    torch.manual_seed(0)
+    learner = MAMLPolicyGradient(CategoricalMLPPolicy(observation_size=4, n_actions=2, hidden=[8]),
+                                 trajectories_per_task=4)  # fmt: skip
+    trajectories = learner.collect(batch, dict(learner.policy.named_parameters()), phase=0)
+    assert trajectories.actions.unique().tolist() == [0.0, 1.0]
+    lengths = trajectories.mask.sum(dim=1)
+    assert (lengths < 60).any()  # some episodes fell before the horizon
+    # once an episode ends, it stays ended; CartPole pays 1 per step, so the return is the length
+    assert (trajectories.mask[:, 1:] <= trajectories.mask[:, :-1]).all()
+    torch.testing.assert_close(trajectories.rewards.sum(dim=1), lengths)
+    for i, env in enumerate(learner.vector_env(batch).envs):
+        assert env.unwrapped.force_mag == float(batch.params["force_mag"][i // 4])
+    loss, _, _ = learner.training_loss(batch)
+    loss.backward()
+    assert all(p.grad is not None for p in learner.policy.parameters())
