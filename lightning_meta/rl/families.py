@@ -69,7 +69,7 @@ class EnvFamily:
     @property
     def observation_size(self) -> int:
         """Length of a flattened observation."""
-        return int(np.prod(self.spaces[0].shape))
+        return int(np.prod(self.spaces[0].shape or ()))
 
 
 def _check_range(owner: str, name: str, bounds: Any) -> tuple[float, float]:

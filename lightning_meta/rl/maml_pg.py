@@ -185,7 +185,7 @@ class MAMLPolicyGradient(MetaLearner):
                                   loss_fn=loss_fn, steps=1, lr=self.inner_lr, first_order=first_order)
             for i in range(x.shape[0])
         ]  # fmt: skip
-        return {name: torch.stack([a[name] for a in adapted]) for name in params}  # type: ignore[index]
+        return {name: torch.stack([a[name] for a in adapted]) for name in params}  # type: ignore[call-overload]
 
     def outer_losses(self, params: Mapping[str, Tensor], trajectories: Trajectories) -> Tensor:
         """Each task's policy-gradient loss ``[T]`` of ``trajectories`` under ``params`` (with its graph)."""

@@ -88,7 +88,7 @@ def collect(
     dtype = next(iter(params.values())).dtype
     noise = torch.stack([policy.draw_noise(g, (horizon, copies)) for g in generators])  # [T, H, n, noise]
     reset_seeds = torch.stack([torch.randint(0, 2**31 - 1, (copies,), generator=g) for g in generators])
-    observation, _ = envs.reset(seed=reset_seeds.flatten().tolist())
+    observation, _ = envs.reset(seed=reset_seeds.flatten().tolist())  # type: ignore[arg-type]  # one per env
     observations, actions, rewards, masks = [], [], [], []
     alive = np.ones(n_tasks * copies, dtype=bool)
     for t in range(horizon):
