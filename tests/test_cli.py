@@ -40,7 +40,8 @@ def test_torch_num_threads_must_be_positive():
 @pytest.mark.parametrize(
     ("learner", "own_argument"),
     [("MAML", "multi_step_loss"), ("ANIL", "head"), ("MetaSGD", "inner_precision"), ("Reptile", "compile_inner_loop"),
-     ("ProtoNet", "distance"), ("MatchingNet", "full_context_embeddings"), ("R2D2", "learn_lambda")],
+     ("ProtoNet", "distance"), ("MatchingNet", "full_context_embeddings"), ("R2D2", "learn_lambda"),
+     ("SNAIL", "shots")],
 )  # fmt: skip
 def test_every_learner_is_selectable_by_class_name_with_its_arguments(capsys, learner, own_argument):
     with pytest.raises(SystemExit) as exit_info:
