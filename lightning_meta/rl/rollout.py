@@ -53,10 +53,12 @@ def per_task(params: Mapping[str, Tensor], model: torch.nn.Module) -> bool:
     return any(t.dim() == reference[name].dim() + 1 for name, t in params.items() if name in reference)
 
 
-def policy_outputs(policy: Policy, params: Mapping[str, Tensor], observations: Tensor) -> Tensor:
+def policy_outputs(
+    policy: Policy, params: Mapping[str, Tensor], observations: Tensor, *, strategy: functional.Strategy = "vmap"
+) -> Tensor:
     """The policy's outputs for ``observations`` ``[T, ...]``: each task with its weights, or all with shared ones."""
     if per_task(params, policy):
-        return functional.forward_batch(policy, params, observations)
+        return functional.forward_batch(policy, params, observations, strategy=strategy)
     flat = observations.reshape(-1, observations.shape[-1])
     return functional.forward_with(policy, params, flat).reshape(*observations.shape[:-1], -1)
 
