@@ -296,10 +296,10 @@ class MultiDomainTasks:
         )
 
     def _common(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] != (self.image_size, self.image_size):  # resize before repeating grey: a third of the work
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
         if x.shape[1] != self.channels:
             x = x.expand(-1, self.channels, -1, -1)
-        if x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
         return x.contiguous()
 
     def __repr__(self) -> str:

@@ -53,8 +53,10 @@ def domains(split: str = "train") -> dict[str, TensorDataset]:
     }
 
 
-def variable_datamodule(*, seed: int = 3, num_workers: int = 0, train_episodes: int = 12) -> EpisodicDataModule:
-    sizes = VariableEpisodes(max_ways=10, max_support=60)
+def variable_datamodule(
+    *, seed: int = 3, num_workers: int = 0, train_episodes: int = 12, sizes: VariableEpisodes | None = None
+) -> EpisodicDataModule:
+    sizes = sizes or VariableEpisodes(max_ways=10, max_support=60)
     return EpisodicDataModule(
         MultiDomainTasks(domains(), variable=sizes, image_size=16),
         MultiDomainTasks(domains("val"), variable=sizes, image_size=16, split="val"),
