@@ -22,7 +22,6 @@ from lightning_meta import Episode
 from lightning_meta.data import DomainAccuracy, EpisodicDataModule, MultiDomainTasks, VariableEpisodes
 from lightning_meta.data.domain_accuracy import log_domain_accuracy
 from lightning_meta.learners import ProtoNet
-from lightning_meta.metrics import per_episode_mse
 
 
 def constant_images(domain: int, n_classes: int, per_class: list[int] | int, channels: int, size: int) -> TensorDataset:
@@ -92,24 +91,25 @@ class Recorder(L.LightningModule):
 
 
 class DomainProtoNet(ProtoNet):
-    """ProtoNet with the per-domain call-site change proposed for ``MetaLearner`` (learners/base.py), verbatim."""
+    """ProtoNet with the per-domain lines proposed for ``MetaLearner`` (learners/base.py), added around its steps."""
 
     def __init__(self, backbone: torch.nn.Module, *, lr: float = 1e-3) -> None:
         super().__init__(backbone, lr=lr)
-        self.val_domain_accuracy = DomainAccuracy()
+        self.val_domain_accuracy = DomainAccuracy()  # proposed: in MetaLearner.__init__
         self.test_domain_accuracy = DomainAccuracy()
+        self._predictions: torch.Tensor | None = None
+
+    def _eval_forward(self, batch: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, self._predictions = super()._eval_forward(batch)
+        return loss, self._predictions
 
     def _evaluate(self, batch: Episode, stage: str) -> None:
-        loss, predictions = self._eval_forward(batch)
-        getattr(self, f"{stage}_loss").update(loss, weight=batch.n_tasks)
-        if batch.is_classification:
-            getattr(self, f"{stage}_accuracy").update(predictions, batch.query_y)
-            getattr(self, f"{stage}_domain_accuracy").update(predictions, batch)  # new
-        else:
-            getattr(self, f"{stage}_mse").update(per_episode_mse(predictions, batch.query_y))
+        super()._evaluate(batch, stage)
+        if batch.is_classification:  # proposed: in MetaLearner._evaluate, beside the accuracy update
+            getattr(self, f"{stage}_domain_accuracy").update(self._predictions, batch)
 
     def _log_episode_metrics(self, stage: str) -> None:
-        log_domain_accuracy(self, getattr(self, f"{stage}_domain_accuracy"), stage)  # new
+        log_domain_accuracy(self, getattr(self, f"{stage}_domain_accuracy"), stage)  # proposed: first line there
         super()._log_episode_metrics(stage)
 
 
