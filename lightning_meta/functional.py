@@ -28,6 +28,9 @@ Learning rates (``lr``) take any of these forms:
 Rates that are tensors requiring grad (learned rates) receive gradients from the outer loss, first order
 included.
 
+The update rule is ``optimizer=`` (:mod:`lightning_meta.inner_optim`: ``SGD()`` by default, ``SGD(momentum=...)``,
+``Adam(betas=...)``, or your own); it receives the rate of every step, so learned rates work with any rule.
+
 Batch norm inside the inner loop: the backbones of :mod:`lightning_meta.models` normalise with the statistics of
 the batch they see (the support set during adaptation, the query set at prediction), in training and in
 evaluation alike, as the MAML reference does; see :class:`~lightning_meta.models.BatchStatNorm2d`. A module whose
@@ -51,6 +54,8 @@ from typing import Any, Literal, NamedTuple, TypeAlias
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+
+from lightning_meta.inner_optim import SGD, InnerOptimizer
 
 Params: TypeAlias = dict[str, Tensor]
 """Tensors by their names in ``module.named_parameters()`` (and ``named_buffers()``)."""
@@ -203,6 +208,7 @@ def inner_loop(
     first_order: bool = False,
     names: Collection[str] | None = None,
     return_all: bool = False,
+    optimizer: InnerOptimizer | None = None,
 ) -> Params | list[Params]:
     """Adapt ``params`` to one task: ``steps`` steps of gradient descent on ``loss_fn(model(x), y)``.
 
@@ -223,6 +229,8 @@ def inner_loop(
         names: the parameters to adapt (default: all of ``params``); the others stay the very same tensors. ANIL
             adapts ``[n for n in params if n.startswith("head.")]``.
         return_all: return the parameters after every step, not only the last (MAML++'s multi-step loss).
+        optimizer: the update rule (:mod:`lightning_meta.inner_optim`; default ``SGD()``, plain gradient descent),
+            given ``lr`` at every step. Its state starts fresh for the task; second order flows through it.
 
     Returns:
         The adapted parameters (every entry of ``params``), or with ``return_all`` a list of ``steps`` such
@@ -248,7 +256,7 @@ def inner_loop(
         >>> model.head.weight.grad.shape
         torch.Size([1, 40])
     """
-    plan = _Plan.make("inner_loop", params, steps, lr, names)
+    plan = _Plan.make("inner_loop", params, steps, lr, names, optimizer)
     trace = _adapt(model, plan, params, x, y, loss_fn, _aliases(model), first_order=first_order, functorch=False)
     if return_all:
         return [{**params, **fast} for fast in trace]
@@ -269,6 +277,7 @@ def adapt_batch(
     return_all: bool = False,
     strategy: Strategy = "vmap",
     compiled: bool = False,
+    optimizer: InnerOptimizer | None = None,
 ) -> Params | list[Params]:
     """Adapt ``params`` to each of the ``T`` tasks of a meta-batch, as :func:`inner_loop` does for one task.
 
@@ -293,6 +302,7 @@ def adapt_batch(
             ``torch.compile`` traces into one graph that autograd differentiates again, so second order works
             (``torch.autograd.grad(create_graph=True)`` inside a compiled function would not: its backward cannot
             be differentiated twice). The first call of each shape compiles (seconds to a minute on a CPU).
+        optimizer: the update rule (see :func:`inner_loop`); each task starts from a fresh state.
 
     Returns:
         Every entry of ``params``: each adapted parameter with a leading task dimension ``[T, *shape]``, the
@@ -320,7 +330,7 @@ def adapt_batch(
     """
     _check_strategy(strategy, "adapt_batch")
     _check_tasks("adapt_batch", support_x, support_y)
-    plan = _Plan.make("adapt_batch", params, steps, lr, names)
+    plan = _Plan.make("adapt_batch", params, steps, lr, names, optimizer)
     if steps == 0:
         return [] if return_all else dict(params)
     aliases = _aliases(model)  # outside the compiled functions: they must read no module-level state
@@ -483,13 +493,28 @@ def mean_task_by_task(task_losses: Iterable[Tensor], wrt: Sequence[Tensor]) -> T
 
 
 class _Plan(NamedTuple):
-    """What an adaptation does: which parameters it adapts, and the learning rate of every step."""
+    """What an adaptation does: which parameters it adapts, the learning rate of every step, and the update rule."""
 
     names: tuple[str, ...]
     lrs: tuple[StepLR, ...]
+    optimizer: InnerOptimizer
 
     @staticmethod
-    def make(caller: str, params: Mapping[str, Tensor], steps: int, lr: LR, names: Collection[str] | None) -> _Plan:
+    def make(
+        caller: str,
+        params: Mapping[str, Tensor],
+        steps: int,
+        lr: LR,
+        names: Collection[str] | None,
+        optimizer: InnerOptimizer | None = None,
+    ) -> _Plan:
+        if optimizer is None:
+            optimizer = _DEFAULT_OPTIMIZER
+        elif not isinstance(optimizer, InnerOptimizer):
+            raise ValueError(
+                f"{caller}: optimizer must be an InnerOptimizer of lightning_meta.inner_optim (SGD, Adam, ...), got "
+                f"{type(optimizer).__name__}."
+            )
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"{caller}: steps must be a non-negative integer, got {steps!r}.")
         chosen = tuple(params) if names is None else tuple(_check_names(names, params, caller))
@@ -504,7 +529,10 @@ class _Plan(NamedTuple):
             lrs = (lr,) * steps  # type: ignore[assignment]
         for step_lr in lrs:
             _check_lr(step_lr, chosen, caller)
-        return _Plan(chosen, lrs)
+        return _Plan(chosen, lrs, optimizer)
+
+
+_DEFAULT_OPTIMIZER = SGD()
 
 
 def _check_names(names: Collection[str], params: Mapping[str, Tensor], caller: str) -> Collection[str]:
@@ -592,13 +620,14 @@ def _adapt(
     if fixed is None:
         fixed = _fixed(params, plan.names, detached=first_order)
     fast = {name: params[name] for name in plan.names}
+    state = plan.optimizer.init(fast)
     trace = []
-    for lr in plan.lrs:
+    for step, lr in enumerate(plan.lrs):
         if functorch:
             grads = _grads_functorch(model, fast, fixed, x, y, loss_fn, aliases, first_order)
         else:
             grads = _grads_autograd(model, fast, fixed, x, y, loss_fn, aliases, first_order)
-        fast = {name: _descend(p, grads[name], lr[name] if isinstance(lr, Mapping) else lr) for name, p in fast.items()}
+        fast, state = plan.optimizer.update(fast, grads, state, lr=lr, step=step)
         trace.append(fast)
     return trace
 

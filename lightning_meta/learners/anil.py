@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 from typing_extensions import override
 
+from lightning_meta.inner_optim import InnerOptimizer
 from lightning_meta.learners.gradient import InnerPrecision, StrategyChoice
 from lightning_meta.learners.maml import MAML
 
@@ -30,6 +31,7 @@ class ANIL(MAML):
         inner_precision: ``"float32"`` or ``"autocast"``: the inner loop's precision under mixed precision
             (see :class:`~lightning_meta.learners.gradient.GradientLearner`).
         compile_inner_loop: adapt through :func:`torch.compile`.
+        inner_optimizer: the inner update rule (default plain SGD; see :mod:`lightning_meta.inner_optim`).
         lr: learning rate of the outer optimizer.
 
     Raises:
@@ -56,6 +58,7 @@ class ANIL(MAML):
         strategy: StrategyChoice = "auto",
         inner_precision: InnerPrecision = "float32",
         compile_inner_loop: bool = False,
+        inner_optimizer: InnerOptimizer | None = None,
         lr: float = 1e-3,
     ) -> None:
         names = (
@@ -80,6 +83,7 @@ class ANIL(MAML):
             strategy=strategy,
             inner_precision=inner_precision,
             compile_inner_loop=compile_inner_loop,
+            inner_optimizer=inner_optimizer,
             lr=lr,
         )
 

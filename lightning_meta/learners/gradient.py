@@ -19,6 +19,7 @@ from typing_extensions import override
 from lightning_meta import functional
 from lightning_meta._checks import positive_int
 from lightning_meta.episode import Episode
+from lightning_meta.inner_optim import SGD, InnerOptimizer
 from lightning_meta.learners.base import MetaLearner
 
 StrategyChoice = Literal["auto", "vmap", "loop"]
@@ -69,6 +70,9 @@ class GradientLearner(MetaLearner):
         inner_precision: ``"float32"`` (the inner loop ignores autocast) or ``"autocast"`` (see above).
         compile_inner_loop: adapt through :func:`torch.compile` (see
             :func:`~lightning_meta.functional.adapt_batch`'s ``compiled``; second order works).
+        inner_optimizer: the inner update rule (:mod:`lightning_meta.inner_optim`: ``SGD(momentum=...)``,
+            ``Adam(betas=...)``, your own); default plain SGD. It receives ``inner_lr`` (or the learned rates) at
+            every step, and is saved in checkpoints as its ``class_path``/``init_args`` config.
         lr: learning rate of the outer optimizer.
     """
 
@@ -86,6 +90,7 @@ class GradientLearner(MetaLearner):
         strategy: StrategyChoice,
         inner_precision: InnerPrecision = "float32",
         compile_inner_loop: bool = False,
+        inner_optimizer: InnerOptimizer | None = None,
         lr: float,
     ) -> None:
         super().__init__(lr=lr)
@@ -103,6 +108,11 @@ class GradientLearner(MetaLearner):
             raise ValueError(f"{name}: inner_precision must be one of {_INNER_PRECISIONS}, got {inner_precision!r}.")
         if not isinstance(compile_inner_loop, bool):
             raise ValueError(f"{name}: compile_inner_loop must be True or False, got {compile_inner_loop!r}.")
+        if inner_optimizer is not None and not isinstance(inner_optimizer, InnerOptimizer):
+            raise ValueError(
+                f"{name}: inner_optimizer must be an InnerOptimizer of lightning_meta.inner_optim (SGD, Adam, ...) or "
+                f"None (plain SGD), got {type(inner_optimizer).__name__}."
+            )
         self.model = model
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
@@ -110,6 +120,7 @@ class GradientLearner(MetaLearner):
         self.strategy = strategy
         self.inner_precision = inner_precision
         self.compile_inner_loop = compile_inner_loop
+        self.inner_optimizer = inner_optimizer if inner_optimizer is not None else SGD()
         self.chosen_strategy: str | None = None if strategy == "auto" else strategy
         self._trial_times: dict[str, list[float]] = {"vmap": [], "loop": []}
         self._trial_strategy: str | None = None
@@ -131,6 +142,10 @@ class GradientLearner(MetaLearner):
     def inner_lr_for(self, steps: int) -> functional.LR:
         """The learning rates of an inner loop of ``steps`` steps (a float, per parameter, or per step)."""
         return self.inner_lr
+
+    def inner_transform(self) -> InnerOptimizer:
+        """The update rule of the inner loop (:attr:`inner_optimizer`; iMAML wraps it in a proximal term)."""
+        return self.inner_optimizer
 
     # ------------------------------------------------------------------------------------------ the inner loop
     def current_strategy(self) -> str:
@@ -163,6 +178,7 @@ class GradientLearner(MetaLearner):
                 return_all=return_all,
                 strategy=self.current_strategy(),  # type: ignore[arg-type]
                 compiled=self.compile_inner_loop,
+                optimizer=self.inner_transform(),
             )
 
     @override

@@ -10,6 +10,7 @@ from typing_extensions import override
 
 from lightning_meta import functional
 from lightning_meta.episode import Episode
+from lightning_meta.inner_optim import InnerOptimizer
 from lightning_meta.learners.gradient import GradientLearner, InnerPrecision, StrategyChoice
 
 
@@ -46,6 +47,7 @@ class MAML(GradientLearner):
         inner_precision: ``"float32"`` or ``"autocast"``: the inner loop's precision under mixed precision
             (see :class:`~lightning_meta.learners.gradient.GradientLearner`).
         compile_inner_loop: adapt through :func:`torch.compile`.
+        inner_optimizer: the inner update rule (default plain SGD; see :mod:`lightning_meta.inner_optim`).
         lr: learning rate of the outer optimizer (Adam).
 
     Example:
@@ -75,6 +77,7 @@ class MAML(GradientLearner):
         strategy: StrategyChoice = "auto",
         inner_precision: InnerPrecision = "float32",
         compile_inner_loop: bool = False,
+        inner_optimizer: InnerOptimizer | None = None,
         lr: float = 1e-3,
     ) -> None:
         super().__init__(
@@ -85,6 +88,7 @@ class MAML(GradientLearner):
             strategy=strategy,
             inner_precision=inner_precision,
             compile_inner_loop=compile_inner_loop,
+            inner_optimizer=inner_optimizer,
             lr=lr,
         )
         if isinstance(multi_step_loss_epochs, bool) or not isinstance(multi_step_loss_epochs, int):

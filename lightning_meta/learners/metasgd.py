@@ -7,6 +7,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_meta import functional
+from lightning_meta.inner_optim import InnerOptimizer
 from lightning_meta.learners.gradient import InnerPrecision, StrategyChoice
 from lightning_meta.learners.maml import MAML
 
@@ -28,6 +29,7 @@ class MetaSGD(MAML):
         inner_precision: ``"float32"`` or ``"autocast"``: the inner loop's precision under mixed precision
             (see :class:`~lightning_meta.learners.gradient.GradientLearner`).
         compile_inner_loop: adapt through :func:`torch.compile`.
+        inner_optimizer: the inner update rule (default plain SGD; see :mod:`lightning_meta.inner_optim`).
         lr: learning rate of the outer optimizer.
 
     Example:
@@ -48,6 +50,7 @@ class MetaSGD(MAML):
         strategy: StrategyChoice = "auto",
         inner_precision: InnerPrecision = "float32",
         compile_inner_loop: bool = False,
+        inner_optimizer: InnerOptimizer | None = None,
         lr: float = 1e-3,
     ) -> None:
         super().__init__(
@@ -59,6 +62,7 @@ class MetaSGD(MAML):
             strategy=strategy,
             inner_precision=inner_precision,
             compile_inner_loop=compile_inner_loop,
+            inner_optimizer=inner_optimizer,
             lr=lr,
         )
         self.meta_sgd_lrs = nn.ParameterDict(

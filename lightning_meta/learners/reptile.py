@@ -10,6 +10,7 @@ from typing_extensions import override
 
 from lightning_meta.episode import Episode
 from lightning_meta.functional import Params
+from lightning_meta.inner_optim import InnerOptimizer
 from lightning_meta.learners.gradient import GradientLearner, InnerPrecision, StrategyChoice
 
 
@@ -34,6 +35,7 @@ class Reptile(GradientLearner):
         inner_precision: ``"float32"`` or ``"autocast"``: the inner loop's precision under mixed precision
             (see :class:`~lightning_meta.learners.gradient.GradientLearner`).
         compile_inner_loop: adapt through :func:`torch.compile`.
+        inner_optimizer: the inner update rule (default plain SGD; see :mod:`lightning_meta.inner_optim`).
         lr: outer step size (SGD learning rate).
 
     Example:
@@ -58,6 +60,7 @@ class Reptile(GradientLearner):
         strategy: StrategyChoice = "auto",
         inner_precision: InnerPrecision = "float32",
         compile_inner_loop: bool = False,
+        inner_optimizer: InnerOptimizer | None = None,
         lr: float = 1.0,
     ) -> None:
         super().__init__(
@@ -68,6 +71,7 @@ class Reptile(GradientLearner):
             strategy=strategy,
             inner_precision=inner_precision,
             compile_inner_loop=compile_inner_loop,
+            inner_optimizer=inner_optimizer,
             lr=lr,
         )
         self.save_learner_hyperparameters()
