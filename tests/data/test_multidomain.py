@@ -232,6 +232,22 @@ def test_ddp_ranks_get_distinct_variable_episodes_that_together_are_the_single_p
 
 
 @pytest.mark.integration
+def test_per_domain_accuracy_under_ddp_equals_one_process(tmp_path):
+    """6 validation episodes dealt to 2 ranks: every rank logs the per-domain figures of all 6, as one process does."""
+    for devices in (2, 1):
+        cmd = [sys.executable, "-m", "tests.helpers.multidomain", "--validate", "--devices", str(devices),
+               "--out", str(tmp_path)]  # fmt: skip
+        subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=300)
+    single = json.loads((tmp_path / "validate1-rank0.json").read_text())
+    assert any(key.startswith("val/acc/") for key in single)
+    for rank in (0, 1):
+        ranked = json.loads((tmp_path / f"validate2-rank{rank}.json").read_text())
+        assert ranked.keys() == single.keys()
+        for key, value in single.items():
+            assert ranked[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key  # NaN: one-episode interval
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("stop_step", [5, 15])
 def test_resumed_multidomain_run_continues_with_the_uninterrupted_episodes(tmp_path, stop_step):
     def trainer(**kwargs) -> L.Trainer:

@@ -22,6 +22,7 @@ from lightning_meta import Episode
 from lightning_meta.data import DomainAccuracy, EpisodicDataModule, MultiDomainTasks, VariableEpisodes
 from lightning_meta.data.domain_accuracy import log_domain_accuracy
 from lightning_meta.learners import ProtoNet
+from lightning_meta.models import Conv4
 
 
 def constant_images(domain: int, n_classes: int, per_class: list[int] | int, channels: int, size: int) -> TensorDataset:
@@ -117,8 +118,20 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--validate", action="store_true", help="write DomainProtoNet's validation metrics instead")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.validate:
+        torch.manual_seed(0)
+        learner = DomainProtoNet(Conv4(in_channels=3, hidden=8, image_size=16))
+        trainer = L.Trainer(
+            accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto", logger=False,
+            enable_progress_bar=False, enable_model_summary=False,
+        )  # fmt: skip
+        (metrics,) = trainer.validate(learner, variable_datamodule(), verbose=False)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"validate{args.devices}-rank{trainer.global_rank}.json").write_text(json.dumps(metrics))
+        return
     model = Recorder()
     trainer = L.Trainer(
         accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto", max_epochs=2,
