@@ -303,3 +303,23 @@ def test_every_learner_trains_and_evaluates_on_variable_multidomain_episodes(nam
     for batch in list(datamodule.train_dataloader())[:3]:  # the episodes it trained on did vary
         seen.append((batch.ways, batch.support_x.shape[1]))
     assert len(set(seen)) > 1
+
+
+def test_multidomain_over_the_benchmark_adapters_cifar_fs_and_cub(tmp_path, data_root):
+    """The real adapters (on copies in their official layouts) as domains: 32px CIFAR-FS and 84px CUB at 32px."""
+    from lightning_meta.data import CIFARFS, CUB
+    from tests.helpers.benchmark_fixtures import write_cifar100, write_cub
+
+    cifar = CIFARFS(write_cifar100(tmp_path, data_root, per_class=(3, 1)), "train", check_counts=False)
+    cub = CUB(write_cub(tmp_path, data_root, per_class=2), "train", check_counts=False, cache_dir=tmp_path)
+    tasks = MultiDomainTasks({"cifar_fs": cifar, "cub": cub}, variable=VariableEpisodes(max_ways=8), image_size=32)
+    dm = EpisodicDataModule(tasks, tasks_per_batch=1, train_episodes=6, seed=0)
+    dm.setup("fit")
+    names = set()
+    for batch in dm.train_dataloader():
+        assert batch.support_x.shape[2:] == (3, 32, 32) and 5 <= batch.ways <= 8
+        name = batch.domain_names[int(batch.domains[0])]
+        names.add(name)
+        if name == "cub":  # CUB has 2 images per class here: 1 shot and 1 query each
+            assert batch.support_x.shape[1] == batch.query_x.shape[1] == batch.ways
+    assert names == {"cifar_fs", "cub"}
