@@ -6,7 +6,18 @@ Learners are LightningModules (:mod:`lightning_meta.learners`), fed by episodic 
 
 from lightning_meta.data import EpisodicDataModule
 from lightning_meta.episode import Episode
-from lightning_meta.learners import ANIL, MAML, R2D2, SNAIL, MatchingNet, MetaLearner, MetaSGD, ProtoNet, Reptile
+from lightning_meta.learners import (
+    ANIL,
+    IMAML,
+    MAML,
+    R2D2,
+    SNAIL,
+    MatchingNet,
+    MetaLearner,
+    MetaSGD,
+    ProtoNet,
+    Reptile,
+)
 from lightning_meta.metrics import EpisodeAccuracy
 from lightning_meta.models import MLP, Conv4, ResNet12
 
@@ -14,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ANIL",
+    "IMAML",
     "MAML",
     "MLP",
     "R2D2",

@@ -3,6 +3,7 @@
 from lightning_meta.learners.anil import ANIL
 from lightning_meta.learners.base import MetaLearner
 from lightning_meta.learners.gradient import GradientLearner
+from lightning_meta.learners.imaml import IMAML
 from lightning_meta.learners.maml import MAML
 from lightning_meta.learners.matchingnet import MatchingNet
 from lightning_meta.learners.metasgd import MetaSGD
@@ -13,6 +14,7 @@ from lightning_meta.learners.snail import SNAIL
 
 __all__ = [
     "ANIL",
+    "IMAML",
     "MAML",
     "SNAIL",
     "GradientLearner",
