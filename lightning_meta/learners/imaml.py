@@ -108,17 +108,47 @@ class IMAML(GradientLearner):
 
     @override
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """The query loss at the proximal solutions, carrying iMAML's meta-gradient (see the class documentation).
+
+        With ``strategy="loop"`` the implicit part (query gradient, Hessian-vector products, conjugate gradient)
+        runs one task at a time, so one task's graph is alive at a time; with ``"vmap"`` all tasks at once.
+        """
         if not (self.training and torch.is_grad_enabled()):
             return super().meta_loss(episode)
         theta = self.inner_params()
         names = self.inner_names(theta)
         with torch.no_grad():  # the proximal inner loop: no graph, whatever the number of steps
             phi = cast(functional.Params, self.adapt_params(episode, steps=self.inner_steps, first_order=True))
+        fixed = {n: t.detach() for n, t in theta.items() if n not in names}
         device = episode.support_x.device.type
         float32 = self.inner_precision == "float32" and torch.is_autocast_enabled(device)
-        with torch.autocast(device, enabled=False) if float32 else contextlib.nullcontext():
-            fixed = {n: t.detach() for n, t in theta.items() if n not in names}
-            fast = {n: phi[n].detach().requires_grad_() for n in names}
+        if self.current_strategy() == "loop":
+            parts = [
+                self._implicit(Episode.stack([task]), fixed, {n: phi[n][i : i + 1] for n in names}, float32)
+                for i, task in enumerate(episode)
+            ]
+        else:
+            parts = [self._implicit(episode, fixed, {n: phi[n] for n in names}, float32)]
+        n_tasks = episode.n_tasks
+        query_loss = sum(part[0] * part[1].shape[0] for part in parts) / n_tasks
+        predictions = torch.cat([part[1] for part in parts])
+        # each part's gradients carry the mean over its own tasks: reweight them to the mean over all tasks
+        meta_grads = [
+            sum(part[2][k].sum(0) * (part[1].shape[0] / n_tasks) for part in parts) for k in range(len(names))
+        ]
+        surrogate: Tensor = sum(  # type: ignore[assignment]
+            (theta[n] * g).sum() for n, g in zip(names, meta_grads, strict=True)
+        )
+        loss = query_loss.to(surrogate.dtype) + (surrogate - surrogate.detach())
+        return loss, predictions
+
+    def _implicit(
+        self, episode: Episode, fixed: functional.Params, phi: functional.Params, float32: bool
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Query loss, predictions and per-task ``(I + H / lam)^-1 g`` of the tasks of ``episode``, all detached."""
+        device = episode.support_x.device.type
+        with torch.autocast(device, enabled=False) if float32 else contextlib.nullcontext(), torch.enable_grad():
+            fast = {n: t.detach().requires_grad_() for n, t in phi.items()}
             leaves = list(fast.values())
             predictions = self.predict(episode.query_x, {**fixed, **fast})
             query_loss = self.query_loss(predictions, episode)
@@ -139,11 +169,7 @@ class IMAML(GradientLearner):
                 return [vi + hvi / self.lam for vi, hvi in zip(v, hv, strict=True)]
 
             meta_grads = conjugate_gradient(matvec, list(query_grads), steps=self.cg_steps)
-        surrogate: Tensor = sum(  # type: ignore[assignment]
-            (theta[n] * g.detach().sum(0)).sum() for n, g in zip(names, meta_grads, strict=True)
-        )
-        loss = query_loss.detach().to(surrogate.dtype) + (surrogate - surrogate.detach())
-        return loss, predictions.detach()
+        return query_loss.detach(), predictions.detach(), [g.detach() for g in meta_grads]
 
 
 def conjugate_gradient(
