@@ -257,7 +257,18 @@ def inner_loop(
         torch.Size([1, 40])
     """
     plan = _Plan.make("inner_loop", params, steps, lr, names, optimizer)
-    trace = _adapt(model, plan, params, x, y, loss_fn, _aliases(model), first_order=first_order, functorch=False)
+    trace = _adapt(
+        model,
+        plan,
+        params,
+        x,
+        y,
+        loss_fn,
+        _aliases(model),
+        first_order=first_order,
+        functorch=False,
+        keep_all=return_all,
+    )
     if return_all:
         return [{**params, **fast} for fast in trace]
     return {**params, **trace[-1]} if trace else dict(params)
@@ -336,12 +347,14 @@ def adapt_batch(
     aliases = _aliases(model)  # outside the compiled functions: they must read no module-level state
     if strategy == "loop":
         if compiled:  # torch.func.grad inside: a compiled graph that autograd can differentiate twice
-            adapt_task = functools.partial(_compile(_adapt), first_order=_cut_graph(first_order), functorch=True)
+            adapt_task = functools.partial(
+                _compile(_adapt), first_order=_cut_graph(first_order), functorch=True, keep_all=return_all
+            )
         else:
-            adapt_task = functools.partial(_adapt, first_order=first_order, functorch=False)
+            adapt_task = functools.partial(_adapt, first_order=first_order, functorch=False, keep_all=return_all)
         per_task = [adapt_task(model, plan, params, x, y, loss_fn, aliases)
                     for x, y in zip(support_x.unbind(0), support_y.unbind(0), strict=True)]  # fmt: skip
-        kept = range(steps) if return_all else [steps - 1]
+        kept = range(steps) if return_all else [-1]
         trace = [{name: torch.stack([task[step][name] for task in per_task]) for name in plan.names} for step in kept]
     else:
         adapt_tasks = _compile(_adapt_tasks_vmap) if compiled else _adapt_tasks_vmap
@@ -360,7 +373,17 @@ def _adapt_tasks_vmap(
 
     def adapt_task(x: Tensor, y: Tensor) -> list[Params]:
         trace = _adapt(
-            model, plan, params, x, y, loss_fn, aliases, first_order=first_order, functorch=True, fixed=fixed
+            model,
+            plan,
+            params,
+            x,
+            y,
+            loss_fn,
+            aliases,
+            first_order=first_order,
+            functorch=True,
+            fixed=fixed,
+            keep_all=return_all,
         )
         return trace if return_all else trace[-1:]
 
@@ -607,8 +630,9 @@ def _adapt(
     first_order: bool,
     functorch: bool,
     fixed: Params | None = None,
+    keep_all: bool = True,
 ) -> list[Params]:
-    """The adapted parameters (only ``plan.names``) after every step, for one task.
+    """The adapted parameters (only ``plan.names``) after every step, for one task (only the last: ``keep_all=False``).
 
     ``functorch=False`` takes the gradients with :func:`torch.autograd.grad` (and checks the grad mode itself);
     ``functorch=True`` with :func:`torch.func.grad`, which also works under :func:`torch.func.vmap` and inside
@@ -628,7 +652,10 @@ def _adapt(
         else:
             grads = _grads_autograd(model, fast, fixed, x, y, loss_fn, aliases, first_order)
         fast, state = plan.optimizer.update(fast, grads, state, lr=lr, step=step)
-        trace.append(fast)
+        if keep_all:
+            trace.append(fast)
+        else:  # without a graph (first order, no_grad) earlier steps' tensors are then freed at once
+            trace = [fast]
     return trace
 
 

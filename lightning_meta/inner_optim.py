@@ -98,7 +98,7 @@ class InnerOptimizer(nn.Module):
                     "init_args": {k: _plain(v) for k, v in bound.arguments.items() if k != "self"},
                 }
 
-        cls.__init__ = __init__  # type: ignore[method-assign]
+        cls.__init__ = __init__  # type: ignore[method-assign,assignment]
 
     def init_param(self, param: Tensor) -> ParamState:
         """The initial state for one parameter tensor (default: none)."""
