@@ -130,7 +130,7 @@ class IMAML(GradientLearner):
         else:
             parts = [self._implicit(episode, fixed, {n: phi[n] for n in names}, float32)]
         n_tasks = episode.n_tasks
-        query_loss = sum(part[0] * part[1].shape[0] for part in parts) / n_tasks
+        query_loss = torch.stack([part[0] * part[1].shape[0] for part in parts]).sum() / n_tasks
         predictions = torch.cat([part[1] for part in parts])
         # each part's gradients carry the mean over its own tasks: reweight them to the mean over all tasks
         meta_grads = [
