@@ -7,6 +7,8 @@
 * :class:`FirstOrderAnnealing`: first-order MAML early, second order later (MAML++).
 * :class:`InnerStepsSchedule`: the number of inner steps of training as a function of the epoch.
 * :class:`EpisodeProgress`: a rich progress bar in tasks per second, with the running query accuracy.
+* :class:`SkipNonFiniteBatches`: skip meta-batches with a NaN or infinite meta-loss or meta-gradient instead of
+  stopping.
 
 The figures need matplotlib: ``pip install 'lightning-meta[plots]'``.
 """
@@ -17,6 +19,7 @@ from lightning_meta.callbacks.episode_progress import EpisodeProgress
 from lightning_meta.callbacks.first_order_annealing import FirstOrderAnnealing
 from lightning_meta.callbacks.inner_steps_schedule import InnerStepsSchedule
 from lightning_meta.callbacks.meta_test import MetaTest
+from lightning_meta.callbacks.skip_nonfinite import SkipNonFiniteBatches
 
 __all__ = [
     "AdaptationCurve",
@@ -25,4 +28,5 @@ __all__ = [
     "FirstOrderAnnealing",
     "InnerStepsSchedule",
     "MetaTest",
+    "SkipNonFiniteBatches",
 ]

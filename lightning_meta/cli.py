@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from rich.console import Console
+from rich.table import Table
 from typing_extensions import override
 
 import lightning_meta.learners  # noqa: F401  (registers the learners as subclasses of MetaLearner)
+import lightning_meta.rl  # noqa: F401  (registers MAMLPolicyGradient and TaskDataModule: --model/--data by name)
 from lightning_meta.data import EpisodicDataModule
 from lightning_meta.learners.base import MetaLearner
 
@@ -31,6 +36,12 @@ class MetaCLI(LightningCLI):
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--torch_num_threads", type=int | None, default=None, help="torch.set_num_threads")
+        parser.add_argument(
+            "--untrained",
+            type=bool,
+            default=False,
+            help="validate/test/predict: allow running without --ckpt_path, on the weights the config builds",
+        )
 
     @override
     def before_instantiate_classes(self) -> None:
@@ -40,9 +51,26 @@ class MetaCLI(LightningCLI):
             if threads < 1:
                 raise ValueError(f"--torch_num_threads must be a positive integer, got {threads}.")
             torch.set_num_threads(threads)
+        if self.subcommand in ("validate", "test", "predict") and config.get("ckpt_path") is None:
+            if not config.get("untrained"):
+                raise ValueError(
+                    f"lightning-meta {self.subcommand}: no --ckpt_path, so this would {self.subcommand} the untrained "
+                    "weights the config builds. Pass the checkpoint of a fit, e.g. --ckpt_path "
+                    "lightning_logs/version_0/checkpoints/last.ckpt (or --untrained true to run on untrained weights)."
+                )
 
     def after_fit(self) -> None:
-        """Print the query error before and after adaptation (learners that can report it)."""
+        """Print the last validation figures, and the query error before and after adaptation where available."""
+        if not self.trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("val/")}
+        if metrics:
+            table = Table(title=f"Validation at step {self.trainer.global_step}")
+            table.add_column("metric")
+            table.add_column("value", justify="right")
+            for name, value in sorted(metrics.items()):
+                table.add_row(name, f"{value:.4f}")
+            Console().print(table)
         summarize = getattr(self.model, "summarize_adaptation", None)
         if summarize is not None and self.trainer.is_global_zero:
             # as many validation meta-batches as the Trainer's validation used (fast_dev_run, limit_val_batches)
@@ -53,19 +81,77 @@ class MetaCLI(LightningCLI):
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``lightning-meta fit|validate|test|predict``.
 
-    ``lightning-meta fit`` with no other argument meta-trains the embedded default (MAML on sinusoids) and prints
-    the query error before and after adaptation.
+    ``lightning-meta fit`` without a config, model or data meta-trains the embedded default (MAML on sinusoids) with
+    any overrides given, and prints the query error before and after adaptation. From the console, an error that
+    this package raises for a bad setting or a missing file is printed in one line, without the traceback
+    (``LIGHTNING_META_TRACEBACK=1`` shows it).
     """
     argv = list(sys.argv[1:] if args is None else args)
-    if argv == ["fit"]:
-        argv += ["--config", str(DEFAULT_CONFIG)]
+    if uses_embedded_default(argv):
+        argv[1:1] = ["--config", str(DEFAULT_CONFIG)]
         if args is None:  # LightningCLI warns when given args besides a command line: make them the command line
             sys.argv = sys.argv[:1] + argv
-    MetaCLI(
+    try:
+        run(None if argv == sys.argv[1:] else argv)
+    except Exception as error:
+        cause = _our_error(error)
+        if args is not None or cause is None or os.environ.get("LIGHTNING_META_TRACEBACK"):
+            raise  # called from Python (tests, notebooks): the exception itself
+        print(f"lightning-meta: {type(cause).__name__}: {cause}", file=sys.stderr)
+        print("(set LIGHTNING_META_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(args: Sequence[str] | None) -> MetaCLI:
+    """Run ``lightning-meta`` with these arguments (``None``: the command line) and return the CLI object.
+
+    The CLI object holds the ``trainer`` and the ``model`` after the run, which is what tests and notebooks inspect;
+    :func:`main` is the console entry point (which must return nothing).
+    """
+    return MetaCLI(
         MetaLearner,
         EpisodicDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=None if argv == sys.argv[1:] else argv,
+        args=args,
         save_config_kwargs={"overwrite": True},
     )
+
+
+def uses_embedded_default(argv: Sequence[str]) -> bool:
+    """Whether ``lightning-meta fit ...`` names no config, model or data: then it runs the embedded default.
+
+    So ``lightning-meta fit --trainer.max_epochs 1`` and ``lightning-meta fit --print_config`` start from the
+    embedded sinusoid job, as the bare ``lightning-meta fit`` does.
+
+    Example:
+        >>> uses_embedded_default(["fit"]), uses_embedded_default(["fit", "--trainer.max_epochs", "1"])
+        (True, True)
+        >>> uses_embedded_default(["fit", "--data.init_args.train_episodes", "50"])  # overrides the default's data
+        True
+        >>> uses_embedded_default(["fit", "--config", "my.yaml"]), uses_embedded_default(["test", "--ckpt_path", "x"])
+        (False, False)
+    """
+    if not argv or argv[0] != "fit":
+        return False
+    named = ("--config", "-c", "--model", "--data", "--model.class_path", "--data.class_path")
+    return not any(arg == name or arg.startswith(name + "=") for arg in argv[1:] for name in named)
+
+
+#: Errors that this package raises on purpose, with a message meant for the user: printed without a traceback.
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+
+
+def _our_error(error: BaseException) -> BaseException | None:
+    """The innermost error of the chain raised by this package's own code for a bad setting or missing file."""
+    package = str(Path(__file__).resolve().parent)
+    found = None
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        frames = traceback.extract_tb(current.__traceback__)
+        if isinstance(current, _USER_ERRORS) and frames and frames[-1].filename.startswith(package):
+            found = current
+        current = current.__cause__ or current.__context__
+    return found

@@ -137,8 +137,11 @@ def mean_and_ci95(values: Tensor) -> tuple[Tensor, Tensor]:
 
 def _per_episode_accuracy(preds: Tensor, target: Tensor, caller: str) -> Tensor:
     _check_inputs(preds, target, caller)
-    labels = preds.argmax(-1) if preds.ndim == target.ndim + 1 else preds
-    return (labels == target).to(torch.get_default_dtype()).mean(dim=1)
+    if preds.ndim == target.ndim + 1:  # logits: a query with any non-finite logit counts as wrong
+        correct = (preds.argmax(-1) == target) & preds.isfinite().all(-1)
+    else:
+        correct = preds == target
+    return correct.to(torch.get_default_dtype()).mean(dim=1)
 
 
 class EpisodeAccuracy(Metric):

@@ -36,3 +36,31 @@ def data_root() -> Path:
 def omniglot_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache folder shared by the whole session, so the 32,460 Omniglot PNGs are decoded once per size."""
     return tmp_path_factory.mktemp("omniglot-cache")
+
+
+#: What makes a test part of the integration tier (``pytest -m integration``, run by .ci/run after the fast tier).
+_INTEGRATION_SIGNS = ("subprocess.", "devices=2", "\"--devices\"", "compile_inner_loop=True", "compiled=True",
+                      "torch.compile(", "strategy=\"ddp\"")  # fmt: skip
+_REAL_DATA_FIXTURES = ("data_root", "omniglot_cache")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put subprocess, DDP, torch.compile and real-data tests in the integration tier, by what they use.
+
+    The default ``pytest`` run is the fast tier (DEVELOPERS' brief: under 5 minutes on two cores); a test that starts
+    processes, compiles, or reads ``../shared/data`` is marked ``integration`` here unless it is already ``slow``, so
+    new tests of those kinds land in the right tier without anyone remembering to mark them.
+    """
+    import inspect
+
+    for item in items:
+        if item.get_closest_marker("slow") or item.get_closest_marker("integration"):
+            continue
+        uses_real_data = any(name in getattr(item, "fixturenames", ()) for name in _REAL_DATA_FIXTURES)
+        function = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(function) if function is not None else ""
+        except (OSError, TypeError):
+            source = ""
+        if uses_real_data or any(sign in source for sign in _INTEGRATION_SIGNS):
+            item.add_marker(pytest.mark.integration)

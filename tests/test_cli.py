@@ -19,7 +19,8 @@ def test_fit_runs_the_embedded_default_and_prints_the_error_before_and_after_ada
           "--data.init_args.eval_episodes=25", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
     out = capsys.readouterr().out
     assert "0 (before adaptation)" in out and "query MSE" in out
-    rows = [line for line in out.splitlines() if line.strip().startswith("│")]
+    adaptation = out[out.index("inner steps") :]  # the validation table comes first
+    rows = [line for line in adaptation.splitlines() if line.strip().startswith("│")]
     values = [float(row.split("│")[2]) for row in rows]
     assert len(values) == 3 and all(v > 0 for v in values)
 
@@ -63,3 +64,45 @@ def test_validate_and_test_load_the_checkpoint_of_a_fit(capsys, tmp_path):
     main(["test", *short, "--data.init_args.test.class_path=lightning_meta.data.Sinusoid", f"--ckpt_path={checkpoint}"])
     tested = capsys.readouterr().out
     assert "val/mse" in validated and "test/mse" in tested, (validated, tested)
+
+
+def test_fit_with_only_overrides_runs_the_embedded_default_and_prints_validation(capsys, tmp_path):
+    main(["fit", "--trainer.max_epochs=1", "--data.init_args.train_episodes=50", "--data.init_args.eval_episodes=10",
+          f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "Validation at step 2" in out and "val/mse" in out and "query MSE" in out
+
+
+def test_print_config_without_a_config_prints_the_embedded_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "lightning_meta.learners.MAML" in printed and "lightning_meta.data.Sinusoid" in printed
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test"])
+def test_evaluating_without_a_checkpoint_is_refused(subcommand):
+    with pytest.raises(ValueError, match=rf"lightning-meta {subcommand}: no --ckpt_path.*--untrained true"):
+        main([subcommand, "--config", str(DEFAULT_CONFIG)])
+
+
+def test_a_missing_dataset_fails_in_a_few_lines_naming_the_file_and_the_download_option(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "missing.yaml"
+    config.write_text(
+        "model:\n  class_path: lightning_meta.learners.ProtoNet\n  init_args:\n    backbone:\n"
+        "      class_path: lightning_meta.models.Conv4\n"
+        "data:\n  class_path: lightning_meta.data.EpisodicDataModule\n  init_args:\n    train:\n"
+        "      class_path: lightning_meta.data.Omniglot\n"
+        f"      init_args: {{root: {tmp_path / 'nowhere'}, split: train}}\n"
+    )
+    command = [sys.executable, "-c", "import sys; from lightning_meta.cli import main; sys.exit(main())", "fit",
+               "--config", str(config)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("lightning-meta")]
+    assert len(lines) == 1 and "images_background.zip" in lines[0] and "download: true" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr

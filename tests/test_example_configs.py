@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_meta.cli import main
+from lightning_meta.cli import main, run
 from tests.data.test_miniimagenet import images_root  # noqa: F401  (fixture: a small mini-ImageNet copy)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,6 +27,11 @@ def test_there_is_a_config_per_readme_benchmark():
             "miniimagenet_5w1s_maml"} <= names  # fmt: skip
 
 
+#: Configs whose one full-size step takes a minute or more here: 20-way MAML (51 s), HalfCheetah (158 s: one meta-batch
+#: is 160,000 simulator steps), multi-domain ProtoNet at 84x84 (49 s).
+SLOW = ("20w", "halfcheetah", "multidomain")
+
+
 # One full-size meta-batch of the real benchmark per config (e.g. 32 Omniglot tasks, second order). Measured: 0.6 s
 # (sinusoid) to 13 s (Omniglot 5-way MAML); the 20-way MAML config takes 51 s and runs in CI's slow stage. (They once
 # took 14 minutes together: the CLI's after-fit summary evaluated all 600 validation episodes even under
@@ -34,7 +39,7 @@ def test_there_is_a_config_per_readme_benchmark():
 @pytest.mark.parametrize(
     "config",
     [
-        pytest.param(p, marks=pytest.mark.slow, id=p.stem) if "20w" in p.name else pytest.param(p, id=p.stem)
+        pytest.param(p, marks=[pytest.mark.slow] if any(k in p.name for k in SLOW) else [], id=p.stem)
         for p in CONFIGS
         if "miniimagenet" not in p.name
     ],  # fmt: skip
@@ -42,8 +47,11 @@ def test_there_is_a_config_per_readme_benchmark():
 def test_config_runs_one_step(config, data_root, omniglot_cache, monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)  # the configs name the data as ../shared/data, relative to the repository
     monkeypatch.setenv("LIGHTNING_META_CACHE", str(omniglot_cache))
-    main(["fit", "--config", str(config), "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu",
-          f"--trainer.default_root_dir={tmp_path}", "--data.init_args.num_workers=0"])  # fmt: skip
+    cli = run(["fit", "--config", str(config), "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu",
+               f"--trainer.default_root_dir={tmp_path}", "--data.init_args.num_workers=0"])  # fmt: skip
+    assert cli.trainer.global_step == 1  # one optimizer step of the full-size meta-batch
+    losses = {k: v for k, v in cli.trainer.callback_metrics.items() if k.startswith("train/") and "loss" in k}
+    assert losses and all(torch.isfinite(v) for v in losses.values()), losses
 
 
 def test_miniimagenet_config_runs_one_step_on_a_copy_in_the_csv_layout(images_root, monkeypatch, tmp_path):  # noqa: F811

@@ -1,6 +1,7 @@
 """Kill a training process mid-epoch, resume it with ``ckpt_path="last"``: bit-identical to an uninterrupted run.
 
-Every learner runs in a real subprocess (tests/helpers/killed_run.py) that is SIGKILLed after it has written a
+Every learner, a plain ``nn.Sequential`` backbone and a user's subclass that builds its own module, runs in a real
+subprocess (tests/helpers/killed_run.py) that is SIGKILLed after it has written a
 checkpoint in the middle of an epoch; a new process resumes it. Weights (learned inner rates included), the
 optimizer and scheduler states, a stateful callback, the step and the epoch must all equal those of a run that was
 never interrupted, bit for bit.
@@ -18,7 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.ddp_one_step import LEARNERS
+pytestmark = pytest.mark.integration  # real subprocesses, killed and resumed: about a minute
+
+from tests.helpers.killed_run import RESUMED
 
 REPO = Path(__file__).resolve().parents[1]
 HANG_AT_STEP = 5  # the checkpoint of step 4 is on disk; step 5 is lost with the process and done again
@@ -47,9 +50,9 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
             stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
-        for name in LEARNERS
+        for name in RESUMED
     }
-    _run(_command(uninterrupted, *LEARNERS))
+    _run(_command(uninterrupted, *RESUMED))
     deadline = time.monotonic() + 600
     for name, process in hanging.items():
         marker = interrupted / name / "hanging"
@@ -61,7 +64,7 @@ def runs(tmp_path_factory) -> tuple[Path, Path]:
         process.wait()
         assert process.returncode == -signal.SIGKILL
         assert not (interrupted / name / "final.pt").exists()
-    _run(_command(interrupted, *LEARNERS, extra=("--resume",)))
+    _run(_command(interrupted, *RESUMED, extra=("--resume",)))
     return uninterrupted, interrupted
 
 
@@ -80,7 +83,7 @@ def _assert_identical(a, b, where: str) -> None:
         assert a == b, f"{where}: {a!r} != {b!r}"
 
 
-@pytest.mark.parametrize("name", list(LEARNERS))
+@pytest.mark.parametrize("name", list(RESUMED))
 def test_killed_and_resumed_run_ends_bit_identical_to_an_uninterrupted_run(runs, name):
     uninterrupted, interrupted = runs
     checkpoints = sorted(p.name for p in (interrupted / name / "checkpoints").iterdir())
@@ -94,5 +97,5 @@ def test_killed_and_resumed_run_ends_bit_identical_to_an_uninterrupted_run(runs,
     _assert_identical(reference, resumed, name)
     if name == "maml++":  # the learned per-layer per-step inner rates were trained (so their equality means something)
         rates = {k: v for k, v in resumed["weights"].items() if k.startswith("inner_lrs")}
-        initial = LEARNERS[name]().inner_lr
+        initial = RESUMED[name]().inner_lr
         assert rates and all((v != initial).all() for v in rates.values()), rates

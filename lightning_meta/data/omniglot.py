@@ -86,7 +86,15 @@ def load_omniglot_images(
         identity: object = {"md5": md5sum(source)}
 
         def entries_and_blobs() -> tuple[list[tuple[str, ...]], Iterator[bytes]]:
-            with zipfile.ZipFile(source) as archive:
+            try:
+                archive = zipfile.ZipFile(source)
+            except zipfile.BadZipFile as error:
+                raise ValueError(
+                    f"Omniglot image set {source} ({source.stat().st_size:,} bytes) is not a readable zip file "
+                    f"({error}): it is probably cut short (an interrupted download or copy). Delete it and download "
+                    "it again (Omniglot(root, split, download=True), or `download: true` in the config)."
+                ) from error
+            with archive:
                 members = sorted(
                     (tuple(info.filename.split("/")[-3:]), info.filename)
                     for info in archive.infolist()
@@ -249,10 +257,12 @@ class Omniglot(Dataset):
             missing.append(split_file)
         if missing and not download:
             raise FileNotFoundError(
-                f"Omniglot ({protocol} protocol, split {split!r}) is missing {', '.join(missing)} under {self.root}. "
+                f"Omniglot ({protocol} protocol, split {split!r}) is missing {', '.join(missing)} under {self.root} "
+                f"({self.root.resolve()}). "
                 "Expected layout under root: images_background.zip and images_evaluation.zip (or "
                 "their extracted folders images_background/<Alphabet>/characterNN/*.png), and for the Vinyals "
-                "protocol splits/vinyals/<split>.txt. Pass download=True to fetch the official files."
+                "protocol splits/vinyals/<split>.txt. Pass download=True to fetch the official files (in a config: "
+                "`download: true` in the dataset's init_args, or set root to your copy)."
             )
         for relative in missing:
             download_file(self.URLS[relative], self.root / relative, md5=self.MD5[relative])

@@ -3,31 +3,33 @@
 from __future__ import annotations
 
 import inspect
-import warnings
+import math
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters, _given_hyperparameters_context
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.parsing import collect_init_args
-from torch import Tensor, nn
+from torch import Tensor
+from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 from typing_extensions import override
 
 from lightning_meta.checkpoint import CheckedCheckpointIO, raise_if_corrupt
+from lightning_meta.data.domain_accuracy import DomainAccuracy, log_domain_accuracy
 from lightning_meta.episode import Episode
+from lightning_meta.hparams import check_checkpoint_class, class_name, learner_hparams, rebuild_arguments
 from lightning_meta.metrics import EpisodeAccuracy, per_episode_accuracy, per_episode_mse
+from lightning_meta.nonfinite import ACTIONS, NonFiniteError, all_finite, describe
 from lightning_meta.results import report_test_results
 
-# A backbone without ``init_config`` is kept in the hyperparameters as a module on purpose, so that
-# ``load_from_checkpoint(path)`` rebuilds the learner without being handed it again; Lightning's advice does not apply.
-warnings.filterwarnings("ignore", message=r"Attribute '.*' is an instance of `nn.Module`", category=UserWarning)
 
-#: What LightningCLI itself uses to rebuild a module from a config at ``load_from_checkpoint``.
-_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+def check_positive_finite(owner: str, name: str, value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is a positive, finite number (a learning rate, a scale)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{owner}: {name} must be a positive finite number, got {value!r}.")
 
 
 def outside_inference_mode(batch: Episode) -> Episode:
@@ -68,29 +70,43 @@ class MetaLearner(L.LightningModule):
     #: Whether :meth:`adapt` needs autograd (gradient-based methods); evaluation then runs with gradients enabled.
     adapts_with_gradients: bool = False
 
+    #: What training does with a non-finite meta-loss or meta-gradient: ``"raise"`` a
+    #: :class:`~lightning_meta.nonfinite.NonFiniteError` naming the step and the tasks (the default), or ``"skip"``
+    #: the meta-batch with a warning (set by the :class:`~lightning_meta.callbacks.SkipNonFiniteBatches` callback), or
+    #: ``"ignore"`` (no check; measured cost of the check: ``benchmarks/nonfinite_check_cost.py``).
+    nonfinite: str = "raise"
+
     def __init__(self, *, lr: float = 1e-3) -> None:
         super().__init__()
-        if not lr > 0:
-            raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr!r}.")
+        check_positive_finite(type(self).__name__, "lr", lr)
         self.lr = lr
         self.val_accuracy = EpisodeAccuracy()
         self.test_accuracy = EpisodeAccuracy()
-        self.val_mse = MeanMetric()
-        self.test_mse = MeanMetric()
+        # accuracy per domain of multi-domain episodes (lightning_meta.data.MultiDomainTasks); nothing otherwise
+        self.val_domain_accuracy = DomainAccuracy()
+        self.test_domain_accuracy = DomainAccuracy()
+        # NaN propagates (torchmetrics' default would drop NaN episodes and make the figures look better)
+        self.val_mse = MeanMetric(nan_strategy="disable")
+        self.test_mse = MeanMetric(nan_strategy="disable")
         # the mean query loss over every evaluation task of all ranks (Lightning's sync_dist would average the ranks'
         # means unweighted, which differs when the ranks hold different numbers of episodes)
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.test_loss = MeanMetric(nan_strategy="disable")
+        self.skipped_batches = 0
+        self._last_step: tuple[Episode, Tensor, Tensor] | None = None
 
     def save_learner_hyperparameters(self) -> None:
-        """Save the ``__init__`` arguments so that ``Learner.load_from_checkpoint(path)`` alone rebuilds the learner.
+        """Save the ``__init__`` arguments as data, so that checkpoints load with PyTorch's safe ``weights_only``.
 
-        Call it at the end of a learner's ``__init__`` instead of ``save_hyperparameters()``. A backbone with an
-        ``init_config`` (every backbone of :mod:`lightning_meta.models`, or any decorated with
-        :func:`~lightning_meta.models.records_config`) is saved as that config, as LightningCLI does, so the
-        checkpoint loads with PyTorch's safe ``weights_only`` loading, in a process that has not imported the
-        training code. Any other module is saved pickled; load such a checkpoint, when you trust it, with
-        ``load_from_checkpoint(path, weights_only=False)``.
+        Call it at the end of a learner's ``__init__`` instead of ``save_hyperparameters()``. Numbers, strings, lists
+        and dicts are saved as they are. A module with an ``init_config`` (every backbone of
+        :mod:`lightning_meta.models`, or any decorated with :func:`~lightning_meta.models.records_config`) is saved as
+        that config (the ``class_path``/``init_args`` form LightningCLI writes), so
+        ``Learner.load_from_checkpoint(path)`` rebuilds it. Any other module (a plain ``nn.Sequential``, your own
+        network) or object is not saved: no module is ever pickled into a checkpoint. Resuming with
+        ``trainer.fit(learner, data, ckpt_path=...)`` needs nothing more (the learner you built holds the module);
+        ``load_from_checkpoint`` asks for it by name:
+        ``MAML.load_from_checkpoint(path, model=MyNet())``.
 
         Only the arguments of the class being built are saved (``load_from_checkpoint`` calls that class): a subclass
         that builds its backbone from its own arguments, as in ``examples/subclass_a_learner.py``, saves those
@@ -99,28 +115,15 @@ class MetaLearner(L.LightningModule):
         current = inspect.currentframe()
         frame = current.f_back if current is not None else None
         if frame is None:  # pragma: no cover - only on Pythons without frame support
-            self.save_hyperparameters()
-            return
-        if _given_hyperparameters.get() is not None:  # LightningCLI built this learner and gave its config
-            self.save_hyperparameters()
             return
         init_args: dict[str, Any] = {}
         for args in collect_init_args(frame, []):
             init_args.update(args)
-        own = inspect.signature(type(self).__init__).parameters
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.values()):
-            init_args = {k: v for k, v in init_args.items() if k in own}
-        if not init_args:
-            return
-        modules = {k: v for k, v in init_args.items() if isinstance(v, nn.Module)}
-        if not modules or any(getattr(m, "init_config", None) is None for m in modules.values()):
-            self.save_hyperparameters(*init_args, frame=frame)
-            return
-        config = {k: (v.init_config if isinstance(v, nn.Module) else v) for k, v in init_args.items()}
-        with _given_hyperparameters_context(hparams=config, instantiator=_INSTANTIATOR):
-            self.save_hyperparameters()
+        hparams = learner_hparams(type(self), init_args)
+        if hparams:
+            self.save_hyperparameters(hparams, frame=frame)
 
-    @_restricted_classmethod
+    @classmethod
     def load_from_checkpoint(  # type: ignore[override]
         cls,
         checkpoint_path: Any,
@@ -130,14 +133,36 @@ class MetaLearner(L.LightningModule):
         weights_only: bool | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Lightning's ``load_from_checkpoint``, with a clear error for an unreadable file.
+        """Lightning's ``load_from_checkpoint``, which also rebuilds saved backbone configs and explains failures.
+
+        Args:
+            checkpoint_path: the checkpoint.
+            map_location: as in Lightning.
+            hparams_file: as in Lightning.
+            strict: as in Lightning.
+            weights_only: as in Lightning (PyTorch's safe loading is the default and is enough for checkpoints
+                written by this package).
+            **kwargs: arguments of the learner to use instead of the saved ones; a module that was not saved as a
+                config (a plain ``nn.Module``) must be passed again this way, e.g. ``model=MyNet()``.
 
         Raises:
             CorruptCheckpointError: the file is empty, cut short or damaged; the message names the intact
                 checkpoints beside it.
+            TypeError: the checkpoint holds another learner class, or an argument that was not saved (a plain module)
+                is not passed again.
         """
         raise_if_corrupt(checkpoint_path)
+        kwargs = rebuild_arguments(cls, checkpoint_path, kwargs)
         return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, weights_only, **kwargs)
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the learner's class, so that loading with another class fails with a clear message."""
+        checkpoint["learner_class"] = class_name(type(self))
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_checkpoint_class(type(self), checkpoint.get("learner_class"), "the checkpoint")
 
     @override
     def setup(self, stage: str) -> None:
@@ -182,6 +207,7 @@ class MetaLearner(L.LightningModule):
     @override
     def training_step(self, batch: Episode, batch_idx: int) -> Tensor:
         loss, predictions = self.meta_loss(batch)
+        self._last_step = (batch, loss.detach(), predictions.detach())  # checked before the optimizer step
         n = batch.n_tasks
         self.log("train/loss", loss, batch_size=n, prog_bar=True)
         if batch.is_classification:
@@ -214,10 +240,12 @@ class MetaLearner(L.LightningModule):
         getattr(self, f"{stage}_loss").update(loss, weight=batch.n_tasks)
         if batch.is_classification:
             getattr(self, f"{stage}_accuracy").update(predictions, batch.query_y)
+            getattr(self, f"{stage}_domain_accuracy").update(predictions, batch)
         else:
             getattr(self, f"{stage}_mse").update(per_episode_mse(predictions, batch.query_y))
 
     def _log_episode_metrics(self, stage: str) -> None:
+        log_domain_accuracy(self, getattr(self, f"{stage}_domain_accuracy"), stage)
         accuracy: EpisodeAccuracy = getattr(self, f"{stage}_accuracy")
         mse: MeanMetric = getattr(self, f"{stage}_mse")
         loss: MeanMetric = getattr(self, f"{stage}_loss")
@@ -244,6 +272,42 @@ class MetaLearner(L.LightningModule):
     @override
     def on_test_end(self) -> None:
         report_test_results(self.trainer, self)
+
+    # ----------------------------------------------------------------------------------------------- non-finite
+    @override
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
+        """Check the meta-loss and the meta-gradient before the optimizer uses them, with one device sync.
+
+        Under a float16 ``GradScaler`` an infinite gradient is expected now and then (the scaler skips that step and
+        lowers its scale), so only the meta-loss is checked then. A bad meta-batch raises
+        :class:`~lightning_meta.nonfinite.NonFiniteError` or, with ``nonfinite="skip"``, loses its gradients, so
+        that the optimizer leaves every parameter as it is.
+        """
+        if self.nonfinite == "ignore" or self._last_step is None:
+            return
+        batch, loss, predictions = self._last_step
+        self._last_step = None
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        grads = [] if scaled else [p.grad for p in self.parameters() if p.grad is not None]
+        if self._any_rank(~all_finite([loss, *grads])):
+            self._nonfinite_batch(batch, "meta-loss" if not bool(loss.isfinite()) else "meta-gradient", predictions)
+            for p in self.parameters():  # an optimizer skips parameters without a gradient: no update at all
+                p.grad = None
+
+    def _any_rank(self, flag: Tensor) -> bool:
+        """Whether ``flag`` holds on any process (every rank must skip or stop together, or DDP would hang)."""
+        if self._trainer is not None and self.trainer.world_size > 1:
+            return bool(self.trainer.strategy.reduce_boolean_decision(bool(flag), all=False))
+        return bool(flag)
+
+    def _nonfinite_batch(self, batch: Episode, what: str, predictions: Tensor | None) -> None:
+        if self.nonfinite not in ACTIONS:
+            raise ValueError(f"{type(self).__name__}.nonfinite must be one of {ACTIONS}, got {self.nonfinite!r}.")
+        message = describe(self, batch, what, predictions)
+        if self.nonfinite == "raise":
+            raise NonFiniteError(message)
+        self.skipped_batches += 1
+        rank_zero_warn(f"Skipped meta-batch ({self.skipped_batches} so far): {message}")
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:

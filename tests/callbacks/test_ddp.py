@@ -13,6 +13,8 @@ from PIL import Image
 from tests.helpers.callback_runs import image_maml, logged, quiet_trainer, read_metrics, reference_step_scores
 from tests.helpers.ddp_callbacks import EPISODES, STEPS, datamodule
 
+pytestmark = pytest.mark.integration  # two processes over gloo, started by a module fixture
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -25,8 +25,17 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from typing_extensions import override
 
+from lightning_meta.learners import MAML, MetaLearner
 from tests.helpers.ddp_one_step import LEARNERS, datamodule
 from tests.helpers.trainers import quiet_trainer
+from tests.helpers.user_models import WideSineMAML, sequential_regressor
+
+#: Every learner, plus the two ways users bring their own model (no config recorded: nothing to rebuild from).
+RESUMED: dict[str, Any] = {
+    **LEARNERS,
+    "maml_sequential": lambda: MAML(sequential_regressor(), inner_lr=0.05, inner_steps=2, strategy="vmap", lr=0.01),
+    "user_subclass": lambda: WideSineMAML(width=12),
+}
 
 STEPS = 14
 TASKS_PER_BATCH = 2
@@ -109,7 +118,7 @@ def with_scheduler(learner: L.LightningModule) -> L.LightningModule:
 def run(name: str, folder: Path, hang_at_step: int | None, die_while_saving_step: int | None, resume: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    learner = with_scheduler(LEARNERS[name]())
+    learner: MetaLearner = with_scheduler(RESUMED[name]())
     seen = SeenTasks()
     callbacks: list[Callback] = [seen, ModelCheckpoint(dirpath=folder / "checkpoints", every_n_train_steps=2,
                                                        save_last=True, save_top_k=-1)]  # fmt: skip
@@ -139,7 +148,7 @@ def run(name: str, folder: Path, hang_at_step: int | None, die_while_saving_step
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--learner", choices=list(LEARNERS), nargs="+", required=True)
+    parser.add_argument("--learner", choices=list(RESUMED), nargs="+", required=True)
     parser.add_argument("--hang-at-step", type=int)
     parser.add_argument("--die-while-saving-step", type=int)
     parser.add_argument("--resume", action="store_true")

@@ -11,6 +11,8 @@ from lightning_meta import Episode
 from lightning_meta.learners import MAML
 from lightning_meta.models import MLP
 
+pytestmark = pytest.mark.integration  # torch.compile: 16-80 s per shape on a CPU
+
 
 @pytest.fixture(autouse=True)
 def reset_compiled_functions():

@@ -12,6 +12,8 @@ import torch
 from tests.helpers.ddp_one_step import LEARNERS
 from tests.helpers.ddp_test_metrics import NAMES, run
 
+pytestmark = pytest.mark.integration  # two processes over gloo, started by a module fixture
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -348,11 +348,11 @@ def test_auto_strategy_times_both_paths_then_keeps_the_faster_and_checkpoints_it
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"inner_lr": 0.0}, "inner_lr must be positive, got 0.0"),
+        ({"inner_lr": 0.0}, "inner_lr must be a positive finite number, got 0.0"),
         ({"inner_steps": 0}, "inner_steps must be a positive integer, got 0"),
         ({"eval_inner_steps": -1}, "eval_inner_steps must be a positive integer, got -1"),
         ({"strategy": "jit"}, r"strategy must be one of \('auto', 'vmap', 'loop'\), got 'jit'"),
-        ({"lr": -1.0}, "lr must be positive, got -1.0"),
+        ({"lr": -1.0}, "lr must be a positive finite number, got -1.0"),
         ({"multi_step_loss_epochs": 0}, "multi_step_loss_epochs must be at least 1, got 0"),
     ],
 )

@@ -108,7 +108,11 @@ def test_float16_inner_loop_under_vmap_turns_the_meta_gradient_to_nan_and_a_floa
 
 
 def test_the_inner_loop_computes_in_float32_and_the_query_in_bf16_by_default():
-    """Per task: one inner-loop forward of the support set (5 images), one query forward (25 images)."""
+    """Per task: one inner-loop forward of the support set (5 images), one query forward (25 images).
+
+    Before them, once per episode layout, GradientLearner.check_outputs runs the support set of one task to check the
+    model's outputs against the ways (no gradient, eval mode).
+    """
     for inner_precision, support_dtype in (("float32", torch.float32), ("autocast", torch.bfloat16)):
         learner = MAML(Conv4(1, 8, 5, 28), inner_lr=0.4, strategy="loop", inner_precision=inner_precision)
         seen: list[tuple[int, torch.dtype]] = []
@@ -116,4 +120,5 @@ def test_the_inner_loop_computes_in_float32_and_the_query_in_bf16_by_default():
         conv.register_forward_hook(lambda module, args, output, seen=seen: seen.append((output.shape[0], output.dtype)))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             learner.meta_loss(_image_meta_batch())
-        assert seen == [(5, support_dtype), (25, torch.bfloat16)] * 4, (inner_precision, seen)
+        assert seen[0][0] == 5, seen  # the one-off output check
+        assert seen[1:] == [(5, support_dtype), (25, torch.bfloat16)] * 4, (inner_precision, seen)
