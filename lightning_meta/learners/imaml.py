@@ -42,10 +42,10 @@ class IMAML(GradientLearner):
     Args:
         model: the network to meta-train.
         inner_lr: step size of the inner optimizer.
-        inner_steps: inner steps during training (the iMAML paper uses up to 25 gradient steps on Omniglot).
+        inner_steps: inner steps during training (memory does not depend on it).
         eval_inner_steps: inner steps at validation and test (default: ``inner_steps``).
-        lam: the proximal regularisation strength lambda, > 0 (the paper's Omniglot runs use values around 1-2).
-        cg_steps: conjugate-gradient iterations for ``(I + H / lam) v = g`` (the paper uses 5).
+        lam: the proximal regularisation strength lambda, > 0 (larger: ``phi`` stays closer to ``theta``).
+        cg_steps: conjugate-gradient iterations for ``(I + H / lam) v = g``.
         strategy: ``"auto"``, ``"vmap"`` or ``"loop"`` (see :class:`GradientLearner`).
         inner_precision: ``"float32"`` or ``"autocast"`` (see :class:`GradientLearner`); with ``"float32"`` the
             Hessian-vector products and the query gradient also run in float32.
