@@ -70,8 +70,10 @@ def main() -> None:
             check_now(loss)
         alone.append((time.perf_counter() - start) / args.steps)
     overhead = statistics.median(ratios) - 1
-    print(f"the check alone: {statistics.median(alone) * 1e6:.1f} us per step, "
-          f"{statistics.median(alone) / statistics.median(plain_times) * 100:.2f}% of a meta-step")
+    print(
+        f"the check alone: {statistics.median(alone) * 1e6:.1f} us per step, "
+        f"{statistics.median(alone) / statistics.median(plain_times) * 100:.2f}% of a meta-step"
+    )
     print(f"meta-step without checks: {statistics.median(plain_times) * 1e3:.2f} ms (median of {args.rounds} rounds)")
     print(f"with the checks: {statistics.median(ratios):.4f}x, overhead {overhead * 100:+.2f}% "
           f"(per-round ratios {min(ratios):.3f}-{max(ratios):.3f})")  # fmt: skip

@@ -113,7 +113,7 @@ def run(args: Sequence[str] | None) -> MetaCLI:
         EpisodicDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=args,
+        args=None if args is None else list(args),
         save_config_kwargs={"overwrite": True},
     )
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.integration  # real subprocesses, killed and resumed: about a minute
-
 from tests.helpers.killed_run import RESUMED
+
+pytestmark = pytest.mark.integration  # real subprocesses, killed and resumed: about a minute
 
 REPO = Path(__file__).resolve().parents[1]
 HANG_AT_STEP = 5  # the checkpoint of step 4 is on disk; step 5 is lost with the process and done again

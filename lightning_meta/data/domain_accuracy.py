@@ -51,14 +51,14 @@ class DomainAccuracy(Metric):
         if episode.domains is None or episode.domain_names is None:
             return
         self.names = episode.domain_names
-        self.accuracies.append(per_episode_accuracy(preds, episode.query_y).to(torch.float32))
-        self.domains.append(episode.domains.reshape(-1).to(self.device, torch.long))
+        self.accuracies.append(per_episode_accuracy(preds, episode.query_y).to(torch.float32))  # type: ignore[union-attr,operator]
+        self.domains.append(episode.domains.reshape(-1).to(self.device, torch.long))  # type: ignore[union-attr,operator]
 
     def compute(self) -> dict[str, EpisodeAccuracyResult]:
         """Per domain name (in ``domain_names`` order), the mean accuracy, its 95% interval and episode count."""
         if isinstance(self.accuracies, list) and not self.accuracies:
             return {}
-        accuracies, domains = dim_zero_cat(self.accuracies), dim_zero_cat(self.domains)
+        accuracies, domains = dim_zero_cat(self.accuracies), dim_zero_cat(self.domains)  # type: ignore[arg-type]
         out = {}
         for index, name in enumerate(self.names):
             mine = accuracies[domains == index]

@@ -91,7 +91,7 @@ class TCBlock(nn.Module):
     def step(self, context: Tensor, x: Tensor) -> Tensor:
         """Outputs at position ``L`` for elements ``x`` ``[B, Q, C]`` given the context, as :meth:`DenseBlock.step`."""
         for layer in self.layers:
-            x = layer.step(context, x)
+            x = layer.step(context, x)  # type: ignore[operator]
         return x
 
 
@@ -253,7 +253,7 @@ class SNAIL(MetaLearner):
         features = embed(self.backbone, query_x)
         x = torch.cat([features, features.new_zeros(*features.shape[:-1], self.ways)], dim=-1)
         for block in self.blocks:
-            x = block.step(state, x)
+            x = block.step(state, x)  # type: ignore[operator]
         return self.output(x)
 
 
