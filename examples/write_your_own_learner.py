@@ -18,8 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_meta import MAML, Episode, EpisodicDataModule, MetaLearner
+from lightning_meta.functional import class_means, embed
 from lightning_meta.inner_optim import InnerOptimizer
-from lightning_meta.learners.protonet import class_means, embed
 
 
 class RelationNet(MetaLearner):

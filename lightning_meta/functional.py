@@ -52,6 +52,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple, TypeAlias
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
@@ -708,3 +709,41 @@ def _split_per_task(model: nn.Module, tensors: Mapping[str, Tensor]) -> tuple[Pa
             raise ValueError(f"forward_batch: {name!r} is not a parameter or buffer of the model.")
         (per_task if tensor.dim() == reference[name].dim() + 1 else shared)[name] = tensor
     return per_task, shared
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared pieces of the metric learners (ProtoNet, MatchingNet, R2D2, SNAIL, your own).
+
+
+def embed(backbone: nn.Module, x: Tensor) -> Tensor:
+    """Embed the examples of every task of a meta-batch, one backbone call per task.
+
+    One call per task keeps the tasks independent when the backbone normalises with batch statistics (the
+    :class:`~lightning_meta.models.BatchStatNorm2d` of ``Conv4``, or any batch norm in training mode): a task's
+    predictions never depend on the other tasks of its meta-batch, so evaluation results do not depend on
+    ``eval_tasks_per_batch``. (One call over all tasks would normalise across tasks.)
+
+    Args:
+        backbone: maps ``[n, *input_shape]`` to ``[n, *feature_shape]``.
+        x: inputs ``[n_tasks, n, *input_shape]``.
+
+    Returns:
+        Flattened features ``[n_tasks, n, features]``.
+    """
+    return torch.stack([backbone(task).flatten(1) for task in x.unbind(0)])
+
+
+def class_means(features: Tensor, labels: Tensor, ways: int) -> Tensor:
+    """Mean feature of every class of every task, without a device sync.
+
+    Args:
+        features: ``[n_tasks, n_support, features]``.
+        labels: ``[n_tasks, n_support]`` labels in ``0..ways-1``, each label present in every task.
+        ways: number of classes per task.
+
+    Returns:
+        ``[n_tasks, ways, features]``.
+    """
+    one_hot = F.one_hot(labels, ways).to(features.dtype)  # [T, S, W]
+    sums = one_hot.transpose(1, 2) @ features  # [T, W, D]
+    return sums / one_hot.sum(1).unsqueeze(-1)

@@ -9,8 +9,8 @@ from typing_extensions import override
 
 from lightning_meta._checks import positive_int
 from lightning_meta.episode import Episode
+from lightning_meta.functional import embed
 from lightning_meta.learners.base import MetaLearner
-from lightning_meta.learners.protonet import embed
 
 
 def _output_features(backbone: nn.Module) -> int | None:

@@ -2,49 +2,15 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_meta.episode import Episode
+from lightning_meta.functional import class_means, embed
 from lightning_meta.learners.base import MetaLearner
 
 _DISTANCES = ("squared_euclidean", "cosine")
-
-
-def embed(backbone: nn.Module, x: Tensor) -> Tensor:
-    """Embed the examples of every task of a meta-batch, one backbone call per task.
-
-    One call per task keeps the tasks independent when the backbone normalises with batch statistics (the
-    :class:`~lightning_meta.models.BatchStatNorm2d` of ``Conv4``, or any batch norm in training mode): a task's
-    predictions never depend on the other tasks of its meta-batch, so evaluation results do not depend on
-    ``eval_tasks_per_batch``. (One call over all tasks would normalise across tasks.)
-
-    Args:
-        backbone: maps ``[n, *input_shape]`` to ``[n, *feature_shape]``.
-        x: inputs ``[n_tasks, n, *input_shape]``.
-
-    Returns:
-        Flattened features ``[n_tasks, n, features]``.
-    """
-    return torch.stack([backbone(task).flatten(1) for task in x.unbind(0)])
-
-
-def class_means(features: Tensor, labels: Tensor, ways: int) -> Tensor:
-    """Mean feature of every class of every task, without a device sync.
-
-    Args:
-        features: ``[n_tasks, n_support, features]``.
-        labels: ``[n_tasks, n_support]`` labels in ``0..ways-1``, each label present in every task.
-        ways: number of classes per task.
-
-    Returns:
-        ``[n_tasks, ways, features]``.
-    """
-    one_hot = F.one_hot(labels, ways).to(features.dtype)  # [T, S, W]
-    sums = one_hot.transpose(1, 2) @ features  # [T, W, D]
-    return sums / one_hot.sum(1).unsqueeze(-1)
 
 
 class ProtoNet(MetaLearner):

@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_meta.episode import Episode
+from lightning_meta.functional import embed
 from lightning_meta.learners.base import MetaLearner
-from lightning_meta.learners.protonet import embed
 
 _FORMS = ("auto", "dual", "primal")
 

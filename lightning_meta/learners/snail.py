@@ -11,9 +11,9 @@ from typing_extensions import override
 
 from lightning_meta._checks import positive_int
 from lightning_meta.episode import Episode
+from lightning_meta.functional import embed
 from lightning_meta.learners.base import MetaLearner
 from lightning_meta.learners.matchingnet import _output_features
-from lightning_meta.learners.protonet import embed
 
 
 class DenseBlock(nn.Module):
