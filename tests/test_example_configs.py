@@ -62,3 +62,15 @@ def test_miniimagenet_config_runs_one_step_on_a_copy_in_the_csv_layout(images_ro
           "--trainer.accelerator=cpu", f"--trainer.default_root_dir={tmp_path}", "--data.init_args.num_workers=0",
           "--data.init_args.ways=3", "--data.init_args.queries=2", "--model.init_args.model.init_args.out_features=3",
           "--data.init_args.tasks_per_batch=2"])  # fmt: skip
+
+
+def test_miniimagenet_snail_config_runs_one_step_on_a_copy_in_the_csv_layout(images_root, monkeypatch, tmp_path):  # noqa: F811
+    monkeypatch.chdir(images_root.parent)  # the config names the data as data/mini-imagenet
+    (images_root.parent / "data").mkdir()
+    images_root.rename(images_root.parent / "data" / "mini-imagenet")
+    snail = REPO / "examples/configs/miniimagenet_5w1s_snail.yaml"
+    cli = run(["fit", "--config", str(snail), "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu",
+               f"--trainer.default_root_dir={tmp_path}", "--data.init_args.num_workers=0", "--data.init_args.ways=3",
+               "--model.init_args.ways=3", "--data.init_args.tasks_per_batch=2", "--data.init_args.eval_queries=2",
+               "--data.init_args.eval_tasks_per_batch=2"])  # fmt: skip
+    assert cli.trainer.global_step == 1 and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
