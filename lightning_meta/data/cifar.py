@@ -17,13 +17,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from lightning_meta._checks import positive_int
 from lightning_meta.data.checks import check_split
 from lightning_meta.data.download import decode_all
 from lightning_meta.data.miniimagenet import _decode_rgb
 from lightning_meta.data.splits import CIFAR_FS_CLASSES, FC100_CLASSES, FC100_SUPERCLASSES
+from lightning_meta.data.stored import StoredImages
 
 #: Images per CIFAR-100 class: 500 in ``train`` and 100 in ``test``, pooled by both benchmarks.
 IMAGES_PER_CLASS = 600
@@ -90,7 +90,7 @@ def read_cifar100(root: str | Path, *, download: bool = False) -> dict[str, Any]
     }
 
 
-class _CIFAR100Split(Dataset):
+class _CIFAR100Split(StoredImages):
     """A few-shot split of CIFAR-100's classes as a labelled dataset of ``(image, class)``."""
 
     name: ClassVar[str] = ""
@@ -141,20 +141,6 @@ class _CIFAR100Split(Dataset):
 
     def _check_superclasses(self, cifar: dict[str, Any], order: Tensor) -> None:
         raise NotImplementedError
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"{self.name} index {index} out of range for {len(self)} examples.")
-        index %= len(self)
-        return self.gather_inputs(torch.tensor([index]))[0], int(self.labels[index])
-
-    def gather_inputs(self, index: Tensor) -> Tensor:
-        """Stacked float inputs ``[len(index), 3, S, S]`` in ``[0, 1]`` of the examples ``index``."""
-        pixels = self._images.index_select(0, torch.as_tensor(index, dtype=torch.long))
-        return pixels.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format).div_(255)
 
     def __repr__(self) -> str:
         return (

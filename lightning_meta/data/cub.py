@@ -11,14 +11,13 @@ import hashlib
 from pathlib import Path
 
 import torch
-from torch import Tensor
-from torch.utils.data import Dataset
 
 from lightning_meta._checks import positive_int
 from lightning_meta.data.checks import check_split
 from lightning_meta.data.download import decode_all, load_or_build
 from lightning_meta.data.miniimagenet import _decode_rgb
 from lightning_meta.data.splits import CUB_CLASSES
+from lightning_meta.data.stored import StoredImages, size_and_mtime
 
 #: Classes and images of CUB-200-2011 (``classes.txt`` and ``images.txt``).
 CUB_CLASS_COUNT, CUB_IMAGE_COUNT = 200, 11788
@@ -37,7 +36,7 @@ def _read_table(path: Path, expected_fields: int) -> list[list[str]]:
     return rows
 
 
-class CUB(Dataset):
+class CUB(StoredImages):
     """CUB-200-2011 birds as a labelled dataset of ``(image, class)``: 100/50/50 classes in train/val/test.
 
     Reads the official ``CUB_200_2011`` folder: ``images/<NNN.Class_Name>/*.jpg``, ``images.txt`` (``<image id>
@@ -63,6 +62,8 @@ class CUB(Dataset):
             and the path).
         FileNotFoundError: a metadata file or a listed image is missing (the message names it).
     """
+
+    name = "CUB"
 
     def __init__(
         self,
@@ -109,7 +110,7 @@ class CUB(Dataset):
         self.labels = torch.tensor([label for label, _ in chosen], dtype=torch.long)
         check_split("CUB", split, self.classes, self.labels, self.classes, self.root, check_counts=check_counts)
         try:
-            identity = [[path, *_size_and_mtime(p)] for (_, path), p in zip(chosen, paths, strict=True)]
+            identity = [[path, *size_and_mtime(p)] for (_, path), p in zip(chosen, paths, strict=True)]
         except FileNotFoundError as err:
             raise FileNotFoundError(f"CUB: images.txt lists {err.filename}, which does not exist.") from err
         key = {
@@ -126,25 +127,7 @@ class CUB(Dataset):
         content = load_or_build(f"cub-{split}-{image_size}px", key, build, data_dir=self.root, cache_dir=cache_dir)
         self._images = content["images"]  # uint8 [N, S, S, 3]
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"CUB index {index} out of range for {len(self)} examples.")
-        index %= len(self)
-        return self.gather_inputs(torch.tensor([index]))[0], int(self.labels[index])
-
-    def gather_inputs(self, index: Tensor) -> Tensor:
-        """Stacked float inputs ``[len(index), 3, S, S]`` in ``[0, 1]`` of the examples ``index``."""
-        pixels = self._images.index_select(0, torch.as_tensor(index, dtype=torch.long))
-        return pixels.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format).div_(255)
-
     def __repr__(self) -> str:
         size = f"examples={len(self)}, image_size={self.image_size}"
         return f"CUB(split={self.split!r}, classes={len(self.classes)}, {size})"
 
-
-def _size_and_mtime(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns

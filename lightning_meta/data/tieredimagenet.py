@@ -14,21 +14,20 @@ import functools
 from pathlib import Path
 
 import torch
-from torch import Tensor
-from torch.utils.data import Dataset
 
 from lightning_meta._checks import positive_int
 from lightning_meta.data.checks import check_split
 from lightning_meta.data.download import decode_all, load_or_build
 from lightning_meta.data.miniimagenet import _decode_rgb
 from lightning_meta.data.splits import TIERED_IMAGENET_CLASSES
+from lightning_meta.data.stored import StoredImages, size_and_mtime
 
 #: Images of each tieredImageNet split (Ren et al., 2018): every ILSVRC-2012 training image of its classes.
 TIERED_IMAGENET_IMAGES = {"train": 448695, "val": 124261, "test": 206209}
 _EXTENSIONS = (".JPEG", ".jpeg", ".jpg")
 
 
-class TieredImageNet(Dataset):
+class TieredImageNet(StoredImages):
     """tieredImageNet as a labelled dataset of ``(image, class)``: 351/97/160 ImageNet classes in train/val/test.
 
     Reads ImageNet's training layout ``train/<wnid>/<wnid>_<n>.JPEG``; ``root`` is that ``train`` folder or the
@@ -52,6 +51,8 @@ class TieredImageNet(Dataset):
             path).
         FileNotFoundError: ``root`` holds no ImageNet training folder.
     """
+
+    name = "TieredImageNet"
 
     def __init__(
         self,
@@ -86,7 +87,7 @@ class TieredImageNet(Dataset):
             "TieredImageNet", split, self.classes, self.labels, expected, self.root,
             total=TIERED_IMAGENET_IMAGES[split], check_counts=check_counts,
         )  # fmt: skip
-        identity = [[f"{p.parent.name}/{p.name}", *_size_and_mtime(p)] for p in paths]
+        identity = [[f"{p.parent.name}/{p.name}", *size_and_mtime(p)] for p in paths]
 
         def build() -> dict:
             decode = functools.partial(_decode_rgb, size=image_size)
@@ -102,25 +103,7 @@ class TieredImageNet(Dataset):
         )
         self._images = content["images"]  # uint8 [N, S, S, 3]
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"TieredImageNet index {index} out of range for {len(self)} examples.")
-        index %= len(self)
-        return self.gather_inputs(torch.tensor([index]))[0], int(self.labels[index])
-
-    def gather_inputs(self, index: Tensor) -> Tensor:
-        """Stacked float inputs ``[len(index), 3, S, S]`` in ``[0, 1]`` of the examples ``index``."""
-        pixels = self._images.index_select(0, torch.as_tensor(index, dtype=torch.long))
-        return pixels.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format).div_(255)
-
     def __repr__(self) -> str:
         size = f"examples={len(self)}, image_size={self.image_size}"
         return f"TieredImageNet(split={self.split!r}, classes={len(self.classes)}, {size})"
 
-
-def _size_and_mtime(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
