@@ -130,4 +130,3 @@ class CUB(StoredImages):
     def __repr__(self) -> str:
         size = f"examples={len(self)}, image_size={self.image_size}"
         return f"CUB(split={self.split!r}, classes={len(self.classes)}, {size})"
-

@@ -106,4 +106,3 @@ class TieredImageNet(StoredImages):
     def __repr__(self) -> str:
         size = f"examples={len(self)}, image_size={self.image_size}"
         return f"TieredImageNet(split={self.split!r}, classes={len(self.classes)}, {size})"
-
