@@ -15,18 +15,20 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from typing_extensions import override
+
+#: A local checkpoint path (what Lightning's checkpoint IO receives).
+CheckpointPath: TypeAlias = str | Path
 
 
 class CorruptCheckpointError(RuntimeError):
     """A checkpoint file is empty, truncated or damaged."""
 
 
-def checkpoint_problem(path: _PATH) -> str | None:
+def checkpoint_problem(path: CheckpointPath) -> str | None:
     """What is wrong with a local checkpoint file, or ``None`` when it reads as an intact PyTorch archive.
 
     PyTorch saves a zip archive with a CRC-32 per member: a cut-short file has lost its central directory (at the end
@@ -99,6 +101,6 @@ class CheckedCheckpointIO(TorchCheckpointIO):
     """
 
     @override
-    def load_checkpoint(self, path: _PATH, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    def load_checkpoint(self, path: CheckpointPath, *args: Any, **kwargs: Any) -> dict[str, Any]:
         raise_if_corrupt(path)
         return super().load_checkpoint(path, *args, **kwargs)

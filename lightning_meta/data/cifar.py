@@ -21,7 +21,7 @@ from torch import Tensor
 from lightning_meta._checks import positive_int
 from lightning_meta.data.checks import check_split
 from lightning_meta.data.download import decode_all
-from lightning_meta.data.miniimagenet import _decode_rgb
+from lightning_meta.data.miniimagenet import decode_rgb
 from lightning_meta.data.splits import CIFAR_FS_CLASSES, FC100_CLASSES, FC100_SUPERCLASSES
 from lightning_meta.data.stored import StoredImages
 
@@ -130,7 +130,7 @@ class _CIFAR100Split(StoredImages):
         self._check_superclasses(cifar, order)
         images = cifar["rows"].index_select(0, order).view(-1, 3, 32, 32).permute(0, 2, 3, 1).contiguous()
         if image_size != 32:
-            resize = functools.partial(_decode_rgb, size=image_size)
+            resize = functools.partial(decode_rgb, size=image_size)
             images = decode_all(
                 iter(images.numpy()), resize, (image_size, image_size, 3), len(images), f"Resizing {self.name}"
             )

@@ -15,7 +15,7 @@ import torch
 from lightning_meta._checks import positive_int
 from lightning_meta.data.checks import check_split
 from lightning_meta.data.download import decode_all, load_or_build
-from lightning_meta.data.miniimagenet import _decode_rgb
+from lightning_meta.data.miniimagenet import decode_rgb
 from lightning_meta.data.splits import CUB_CLASSES
 from lightning_meta.data.stored import StoredImages, size_and_mtime
 
@@ -120,7 +120,7 @@ class CUB(StoredImages):
         }
 
         def build() -> dict:
-            decode = functools.partial(_decode_rgb, size=image_size)
+            decode = functools.partial(decode_rgb, size=image_size)
             description = f"Decoding CUB {split} ({image_size}px)"
             return {"images": decode_all(paths, decode, (image_size, image_size, 3), len(paths), description)}
 

@@ -167,7 +167,8 @@ class MiniImageNet(Dataset):
         )
 
 
-def _decode_rgb(item: Path | np.ndarray, size: int) -> np.ndarray:
+def decode_rgb(item: Path | np.ndarray, size: int) -> np.ndarray:
+    """An image file or array as a uint8 RGB array ``[size, size, 3]`` (LANCZOS resize when needed)."""
     if isinstance(item, np.ndarray):
         image = Image.fromarray(item)
     else:
@@ -200,7 +201,7 @@ def _read_folder(folder: Path, split_list: Path, size: int, cache_dir: str | Pat
     }
 
     def build() -> dict:
-        decode = functools.partial(_decode_rgb, size=size)
+        decode = functools.partial(decode_rgb, size=size)
         description = f"Decoding mini-ImageNet {split_list.stem} ({size}px)"
         return {"images": decode_all(paths, decode, (size, size, 3), len(paths), description)}
 
@@ -228,7 +229,7 @@ def _read_split_folders(folder: Path, split: str, size: int, cache_dir: str | Pa
     identity = {"files": [[f"{p.parent.name}/{p.name}", *_size_and_mtime(p)] for p in paths]}
 
     def build() -> dict:
-        decode = functools.partial(_decode_rgb, size=size)
+        decode = functools.partial(decode_rgb, size=size)
         description = f"Decoding mini-ImageNet {split} ({size}px)"
         return {"images": decode_all(paths, decode, (size, size, 3), len(paths), description)}
 
@@ -276,7 +277,7 @@ def _read_pickle(path: Path, size: int, cache_dir: str | Path | None) -> tuple:
         stat = path.stat()
 
         def build() -> dict:
-            decode = functools.partial(_decode_rgb, size=size)
+            decode = functools.partial(decode_rgb, size=size)
             resized = decode_all(iter(image_data), decode, (size, size, 3), len(image_data), f"Resizing {path.name}")
             return {"images": resized}
 

@@ -18,7 +18,7 @@ import torch
 from lightning_meta._checks import positive_int
 from lightning_meta.data.checks import check_split
 from lightning_meta.data.download import decode_all, load_or_build
-from lightning_meta.data.miniimagenet import _decode_rgb
+from lightning_meta.data.miniimagenet import decode_rgb
 from lightning_meta.data.splits import TIERED_IMAGENET_CLASSES
 from lightning_meta.data.stored import StoredImages, size_and_mtime
 
@@ -90,7 +90,7 @@ class TieredImageNet(StoredImages):
         identity = [[f"{p.parent.name}/{p.name}", *size_and_mtime(p)] for p in paths]
 
         def build() -> dict:
-            decode = functools.partial(_decode_rgb, size=image_size)
+            decode = functools.partial(decode_rgb, size=image_size)
             description = f"Decoding tieredImageNet {split} ({image_size}px)"
             return {"images": decode_all(paths, decode, (image_size, image_size, 3), len(paths), description)}
 

@@ -13,7 +13,7 @@ from lightning_meta.functional import embed
 from lightning_meta.learners.base import MetaLearner
 
 
-def _output_features(backbone: nn.Module) -> int | None:
+def output_features(backbone: nn.Module) -> int | None:
     """Features a backbone of :mod:`lightning_meta.models` outputs: its linear ``head``'s, else its ``feature_dim``."""
     head = getattr(backbone, "head", None)
     if isinstance(head, nn.Linear):
@@ -84,7 +84,7 @@ class MatchingNet(MetaLearner):
         self.fce_steps = fce_steps
         self.scale = scale
         if full_context_embeddings:
-            dim = embedding_dim if embedding_dim is not None else _output_features(backbone)
+            dim = embedding_dim if embedding_dim is not None else output_features(backbone)
             if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
                 raise ValueError(
                     "MatchingNet: full_context_embeddings=True needs embedding_dim, the positive number of features "

@@ -13,7 +13,7 @@ from lightning_meta._checks import positive_int
 from lightning_meta.episode import Episode
 from lightning_meta.functional import embed
 from lightning_meta.learners.base import MetaLearner
-from lightning_meta.learners.matchingnet import _output_features
+from lightning_meta.learners.matchingnet import output_features
 
 
 class DenseBlock(nn.Module):
@@ -203,7 +203,7 @@ class SNAIL(MetaLearner):
         super().__init__(lr=lr)
         positive_int("SNAIL", "ways", ways)
         positive_int("SNAIL", "shots", shots)
-        dim = embedding_dim if embedding_dim is not None else _output_features(backbone)
+        dim = embedding_dim if embedding_dim is not None else output_features(backbone)
         if isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0:
             raise ValueError(
                 "SNAIL: embedding_dim must be the positive number of features the backbone outputs (read from a Conv4 "
