@@ -308,5 +308,7 @@ def test_a_cut_short_omniglot_zip_names_the_file(tmp_path):
 
 def test_tensor_dataset_of_images_still_works():  # the checks above must not refuse ordinary data
     data = EpisodicDataModule(TensorDataset(torch.zeros(20, 1, 4, 4), torch.arange(4).repeat_interleave(5)),
-                              ways=2, shots=2, queries=2)  # fmt: skip
+                              ways=2, shots=2, queries=2, tasks_per_batch=3)  # fmt: skip
     data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert batch.support_x.shape == (3, 4, 1, 4, 4) and batch.query_y.shape == (3, 4)
