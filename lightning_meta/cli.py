@@ -17,6 +17,7 @@ from typing_extensions import override
 import lightning_meta.learners  # noqa: F401  (registers the learners as subclasses of MetaLearner)
 import lightning_meta.rl  # noqa: F401  (registers MAMLPolicyGradient and TaskDataModule: --model/--data by name)
 from lightning_meta.data import EpisodicDataModule
+from lightning_meta.distributed import end_process_group
 from lightning_meta.learners.base import MetaLearner
 
 #: The job ``lightning-meta fit`` runs when given no other argument.
@@ -100,6 +101,7 @@ def main(args: Sequence[str] | None = None) -> None:
         print(f"lightning-meta: {type(cause).__name__}: {cause}", file=sys.stderr)
         print("(set LIGHTNING_META_TRACEBACK=1 for the full traceback)", file=sys.stderr)
         raise SystemExit(2) from None
+    end_process_group()  # a DDP run's gloo threads can abort the process at exit otherwise
 
 
 def run(args: Sequence[str] | None) -> MetaCLI:

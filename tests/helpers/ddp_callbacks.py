@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
 
 from lightning_meta.callbacks import AdaptationCurve, EpisodeGallery, MetaTest
+from lightning_meta.distributed import end_process_group
 from tests.helpers.callback_runs import image_datamodule, image_maml
 from tests.helpers.trainers import quiet_trainer
 
@@ -66,3 +67,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_process_group()  # without it, gloo can abort the process at exit (SIGABRT) after the work is done

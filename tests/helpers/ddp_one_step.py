@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from lightning_meta.data import EpisodicDataModule, Sinusoid
+from lightning_meta.distributed import end_process_group
 from lightning_meta.learners import ANIL, MAML, R2D2, SNAIL, MatchingNet, MetaLearner, MetaSGD, ProtoNet, Reptile
 from lightning_meta.models import MLP
 from tests.helpers.trainers import quiet_trainer
@@ -77,3 +78,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_process_group()  # without it, gloo can abort the process at exit (SIGABRT) after the work is done

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from lightning_meta.distributed import end_process_group
 from tests.helpers.ddp_one_step import LEARNERS, datamodule
 from tests.helpers.trainers import quiet_trainer
 
@@ -41,3 +42,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_process_group()  # without it, gloo can abort the process at exit (SIGABRT) after the work is done

@@ -21,6 +21,7 @@ from torch.utils.data import TensorDataset
 from lightning_meta import Episode
 from lightning_meta.data import DomainAccuracy, EpisodicDataModule, MultiDomainTasks, VariableEpisodes
 from lightning_meta.data.domain_accuracy import log_domain_accuracy
+from lightning_meta.distributed import end_process_group
 from lightning_meta.learners import ProtoNet
 from lightning_meta.models import Conv4
 
@@ -145,3 +146,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_process_group()  # without it, gloo can abort the process at exit (SIGABRT) after the work is done

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from lightning_meta import Episode
 from lightning_meta.data import EpisodicDataModule, Sinusoid
+from lightning_meta.distributed import end_process_group
 
 
 class EpisodeRecorder(L.LightningModule):
@@ -72,3 +73,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_process_group()  # without it, gloo can abort the process at exit (SIGABRT) after the work is done

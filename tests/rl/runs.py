@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from typing_extensions import override
 
+from lightning_meta.distributed import end_process_group
 from lightning_meta.rl import GaussianMLPPolicy, MAMLPolicyGradient, Navigation2D, TaskDataModule
 from tests.helpers.trainers import quiet_trainer
 
@@ -102,3 +103,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_process_group()  # without it, gloo can abort the process at exit (SIGABRT) after the work is done
