@@ -1,4 +1,4 @@
-"""AdaptationCurve: how well the learner adapts after 0, 1, 2, 5, 10 inner steps (or 1, 5, 10 shots)."""
+"""AdaptationCurve: how well the learner adapts after 0, 1, 2, 5, 10 inner steps (or 1, 5, 10 shots, or k RL steps)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from lightning_meta.episode import Episode
 from lightning_meta.learners.base import MetaLearner, outside_inference_mode
 from lightning_meta.learners.gradient import GradientLearner
 from lightning_meta.metrics import mean_and_ci95, per_episode_accuracy, per_episode_mse
+from lightning_meta.rl.datamodule import TaskBatch, TaskDataModule, TaskDataset
 
 
 def first_shots(batch: Episode, shots: int) -> Episode:
@@ -61,6 +62,25 @@ def first_shots(batch: Episode, shots: int) -> Episode:
     )
 
 
+def returns_learner(learner: MetaLearner, datamodule: Any) -> bool:
+    """Whether ``learner`` is a meta-RL learner (it has ``returns_after``) on a task datamodule; a mismatch errors."""
+    has_returns = callable(getattr(learner, "returns_after", None))
+    on_tasks = isinstance(datamodule, TaskDataModule)
+    if has_returns and not on_tasks:
+        raise ValueError(
+            f"AdaptationCurve: {type(learner).__name__} is a meta-RL learner (it has returns_after), so its curve is "
+            f"the return on fixed environment tasks: fit it with a lightning_meta.rl.TaskDataModule, got "
+            f"{type(datamodule).__name__}."
+        )
+    if on_tasks and not has_returns:
+        raise ValueError(
+            f"AdaptationCurve: a TaskDataModule's tasks are environments; the curve of the return on them needs a "
+            f"learner with returns_after(batch, steps) (such as lightning_meta.rl.MAMLPolicyGradient), got "
+            f"{type(learner).__name__}."
+        )
+    return has_returns
+
+
 class AdaptationCurve(Callback):
     """Query accuracy (or MSE) on fixed validation episodes after each number of inner steps, logged and plotted.
 
@@ -80,6 +100,14 @@ class AdaptationCurve(Callback):
     (with the queries) are dropped with a warning. For a metric learner on regression tasks the callback warns
     that it does not apply and does nothing.
 
+    Meta-RL learners (any learner with a ``returns_after(batch, steps)`` method giving each task's mean return after
+    ``0 .. steps`` inner steps, as :class:`~lightning_meta.rl.MAMLPolicyGradient` has) on a
+    :class:`~lightning_meta.rl.TaskDataModule`: the curve is the mean return on the first ``episodes`` fixed
+    validation tasks (the tasks of the learner's own validation) after each number of ``steps``, logged as
+    ``adaptation/return_{k}_steps`` and drawn with its 95% confidence interval over the tasks. Every point costs
+    one round of rollouts per task, so pass the steps you need (``steps=(0, 1, 2, 3)`` as in the MAML paper). The
+    rollouts are seeded by each task, so the values do not depend on the training run's random state (nor move it).
+
     The evaluation disturbs nothing (modules' modes, random state, gradients; see
     :class:`~lightning_meta.callbacks.MetaTest`). Under DDP the episodes are dealt to the ranks and the results
     gathered, so the logged values are those of one process; only global rank zero writes files. The history of
@@ -98,7 +126,8 @@ class AdaptationCurve(Callback):
     Raises:
         ValueError: for bad arguments; at ``fit`` when the learner is not a
             :class:`~lightning_meta.learners.MetaLearner` or the datamodule is not an ``EpisodicDataModule`` with
-            validation data.
+            validation data, or when a meta-RL learner (one with ``returns_after``) and a
+            :class:`~lightning_meta.rl.TaskDataModule` do not come together.
         ImportError: when ``plot=True`` and matplotlib is not installed.
 
     Example:
@@ -142,6 +171,8 @@ class AdaptationCurve(Callback):
         #: ``{epoch: {x: mean}}`` of every curve so far (saved in checkpoints).
         self.history: dict[int, dict[int, float]] = {}
         self._mode: str | None = None  # "steps", "shots" or None (does not apply)
+        self._returns = False  # a meta-RL learner: the curve is the mean return
+        self._rl_setting = ""
         self._xs: tuple[int, ...] = ()
         self._episode_shots: int | None = None
         self._dir = Path(".")
@@ -162,6 +193,15 @@ class AdaptationCurve(Callback):
         learner = meta_learner(pl_module, "AdaptationCurve")
         datamodule = episodic_datamodule(trainer, "AdaptationCurve", "val")
         self._dir = figure_dir(trainer, self.dirpath, "adaptation_curve")  # on every rank: log_dir broadcasts
+        self._returns = returns_learner(learner, datamodule)
+        if self._returns:
+            self._mode, self._xs, self._episode_shots, self._classification = "steps", self.steps, None, False
+            family = cast(TaskDataModule, datamodule).family
+            episodes = getattr(learner, "trajectories_per_task", None)
+            self._rl_setting = f"{type(family).__name__}, {family.horizon}-step episodes" + (
+                f", {episodes} per task and step" if episodes is not None else ""
+            )
+            return
         classification = episode_dataset(datamodule, "val").episode(0, 0).is_classification
         if isinstance(learner, GradientLearner):
             self._mode, self._xs, self._episode_shots = "steps", self.steps, None
@@ -205,7 +245,7 @@ class AdaptationCurve(Callback):
         if trainer.sanity_checking or self._mode is None or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         values = self.evaluate(trainer, pl_module)
-        metric = "acc" if self._classification else "mse"
+        metric = "return" if self._returns else "acc" if self._classification else "mse"
         for x, per_episode in values.items():  # the same on every rank: the mean over ranks keeps it
             mean = per_episode.mean().float().to(pl_module.device)
             pl_module.log(f"adaptation/{metric}_{x}_{self._mode}", mean, sync_dist=True)
@@ -225,7 +265,7 @@ class AdaptationCurve(Callback):
 
     # ------------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[int, Tensor]:
-        """The per-episode accuracy (or MSE) after each number of steps (or shots), over all ranks' episodes.
+        """The per-episode accuracy (or MSE, or mean return) after each number of steps (or shots), over all ranks.
 
         Every rank must call it (the results are gathered). Call it after ``setup``.
 
@@ -234,6 +274,8 @@ class AdaptationCurve(Callback):
         """
         learner = meta_learner(pl_module, "AdaptationCurve")
         datamodule = episodic_datamodule(trainer, "AdaptationCurve", "val")
+        if self._returns:
+            return self._evaluate_returns(trainer, learner, cast(TaskDataModule, datamodule))
         loader = fixed_episodes(
             trainer,
             episode_dataset(datamodule, "val", shots=self._episode_shots),
@@ -250,6 +292,25 @@ class AdaptationCurve(Callback):
                         gathered[x].update(per_episode_accuracy(predictions, batch.query_y))
                     else:
                         gathered[x].update(per_episode_mse(predictions, batch.query_y))
+        return {x: torch.as_tensor(metric.compute()).flatten().cpu().double() for x, metric in gathered.items()}
+
+    def _evaluate_returns(
+        self, trainer: L.Trainer, learner: MetaLearner, datamodule: TaskDataModule
+    ) -> dict[int, Tensor]:
+        """Each fixed validation task's mean return after each number of steps (the RL form of :meth:`evaluate`)."""
+        loader = fixed_episodes(
+            trainer,
+            TaskDataset(datamodule.family, stage="val", seed=datamodule.seed),
+            episodes=self.episodes,
+            tasks_per_batch=datamodule.eval_tasks_per_batch,
+            num_workers=datamodule.num_workers,
+        )
+        gathered = {x: CatMetric(nan_strategy="disable").to(learner.device) for x in self._xs}
+        with undisturbed(learner):
+            for batch in loader:
+                curve = learner.returns_after(cast(TaskBatch, batch), max(self._xs))  # type: ignore[operator]
+                for x in self._xs:
+                    gathered[x].update(curve[x].to(learner.device))
         return {x: torch.as_tensor(metric.compute()).flatten().cpu().double() for x, metric in gathered.items()}
 
     def _predictions(self, learner: MetaLearner, batch: Episode, index: int) -> Iterator[tuple[int, Tensor]]:
@@ -287,7 +348,7 @@ class AdaptationCurve(Callback):
             )
         ax.errorbar(xs, means, yerr=ci95, marker="o", capsize=4, color="C0", linewidth=2, label=f"epoch {epoch}")
         for x, mean, half in zip(xs, means, ci95, strict=True):  # each value above its interval
-            text = f"{mean:.1f}%" if self._classification else f"{mean:.3g}"
+            text = f"{mean:.1f}%" if self._classification else f"{mean:.1f}" if self._returns else f"{mean:.3g}"
             ax.annotate(text, (x, mean + half), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8,
                         color="C0")  # fmt: skip
         if self._classification:
@@ -295,10 +356,15 @@ class AdaptationCurve(Callback):
             ax.set_ylim(0, 112)
             ax.set_yticks(range(0, 101, 20))
             ax.set_ylabel("query accuracy (%)")
+        elif self._returns:
+            ax.set_ylabel("mean return")
         else:
             ax.set_ylabel("query mean squared error")
             ax.set_ylim(bottom=0)
-        if self._mode == "steps":
+        if self._returns:
+            ax.set_xlabel("inner policy-gradient steps")
+            setting = self._rl_setting
+        elif self._mode == "steps":
             ax.set_xlabel("inner gradient steps on the support set")
             setting = f"{self._ways}-way {self._shots_label}-shot" if self._classification else "regression"
         else:

@@ -13,7 +13,9 @@ from typing_extensions import override
 from lightning_meta import Episode
 from lightning_meta.callbacks import AdaptationCurve
 from lightning_meta.callbacks.adaptation_curve import first_shots
+from lightning_meta.data.sampler import episode_generator
 from lightning_meta.learners import MetaLearner
+from lightning_meta.rl import GaussianMLPPolicy, MAMLPolicyGradient, Navigation2D, TaskDataModule
 from tests.helpers.callback_runs import (
     first_k_per_class,
     image_datamodule,
@@ -233,3 +235,108 @@ def test_without_matplotlib_plotting_fails_early_with_the_pip_extra_and_logging_
     ):
         AdaptationCurve()
     assert AdaptationCurve(plot=False).plot is False
+
+
+# ---------------------------------------------------------------------------------------------------- meta-RL
+def rl_learner() -> MAMLPolicyGradient:
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(observation_size=2, action_size=2, hidden=[16])
+    return MAMLPolicyGradient(policy, inner_lr=0.1, trajectories_per_task=3, eval_inner_steps=2, lr=0.01)
+
+
+def rl_datamodule() -> TaskDataModule:
+    return TaskDataModule(Navigation2D(horizon=10), tasks_per_batch=2, eval_tasks_per_batch=3, train_tasks=4,
+                          eval_tasks=5, seed=3)  # fmt: skip
+
+
+@torch.no_grad()
+def hand_written_returns(policy: GaussianMLPPolicy, family: Navigation2D, batch, copies: int) -> Tensor:
+    """Each task's mean return before adaptation, one Gymnasium environment and one episode at a time.
+
+    The noise and reset seeds follow the rollouts' documented seeding: each task's generator
+    ``episode_generator(task seed, "rollout", 0, 0)`` draws the Gaussian noise ``[horizon, copies, action]``, then the
+    reset seeds; the action is ``mean + exp(log_std) * noise``.
+    """
+    returns = []
+    for i in range(batch.n_tasks):
+        generator = episode_generator(int(batch.seeds[i]), "rollout", 0, 0)
+        noise = torch.randn((family.horizon, copies, 2), generator=generator)
+        resets = torch.randint(0, 2**31 - 1, (copies,), generator=generator)
+        total = 0.0
+        for j in range(copies):
+            env = family.make_env()
+            family.set_task(env, batch.task_params(i))
+            observation, _ = env.reset(seed=int(resets[j]))
+            for t in range(family.horizon):
+                mean = policy.mean(torch.as_tensor(observation))
+                action = mean + policy.log_std.exp() * noise[t, j]
+                observation, reward, terminated, truncated, _ = env.step(action.numpy())
+                total += float(reward)
+                if terminated or truncated:
+                    break
+        returns.append(total / copies)
+    return torch.tensor(returns, dtype=torch.float64)
+
+
+def test_rl_learner_logs_the_return_after_each_number_of_steps_as_its_own_validation_does(tmp_path):
+    learner, logger = rl_learner(), CSVLogger(tmp_path)
+    curve = AdaptationCurve(steps=(0, 1, 2), episodes=5)
+    trainer = quiet_trainer(tmp_path, max_epochs=2, logger=logger, callbacks=[curve], limit_val_batches=0)
+    trainer.fit(learner, rl_datamodule())
+
+    for epoch in (0, 1):
+        image = png(tmp_path / "lightning_logs" / "version_0" / "adaptation_curve" / f"epoch={epoch}.png")
+        assert image.size == (640, 480) and image.mode == "RGB"
+    rows = read_metrics(logger.log_dir)
+    for k in (0, 1, 2):
+        assert [epoch for epoch, _ in logged(rows, f"adaptation/return_{k}_steps")] == [0, 1]
+    # the learner's own evaluation (Lightning's validation loop over the datamodule's fixed tasks) is the reference
+    (validation,) = quiet_trainer(tmp_path, logger=False).validate(learner, rl_datamodule(), verbose=False)
+    for k in (0, 1, 2):
+        expected = validation[f"val/return_{k}_steps"]
+        assert logged(rows, f"adaptation/return_{k}_steps")[-1][1] == pytest.approx(expected, rel=1e-5), k
+        assert curve.history[1][k] == pytest.approx(expected, rel=1e-5), k
+    assert curve.history[0] != curve.history[1]  # the second epoch's policy differs
+
+    # before adaptation, each task's value equals an independent rollout loop (one env, one episode at a time)
+    values = curve.evaluate(trainer, learner)
+    assert values.keys() == {0, 1, 2} and values[0].shape == (5,)
+    dm = rl_datamodule()
+    dm.setup("validate")
+    batches = list(dm.val_dataloader())
+    expected_before = torch.cat([hand_written_returns(learner.policy, dm.family, b, copies=3) for b in batches])
+    torch.testing.assert_close(values[0], expected_before, rtol=1e-5, atol=1e-5)
+
+
+def test_rl_curve_leaves_training_the_same_and_the_random_state_alone(tmp_path):
+    weights = []
+    for callbacks in ([], [AdaptationCurve(steps=(0, 1), episodes=3, plot=False)]):
+        learner = rl_learner()
+        trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=callbacks, limit_val_batches=0)
+        trainer.fit(learner, rl_datamodule())
+        weights.append({name: p.detach().clone() for name, p in learner.named_parameters()})
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
+    learner.train()
+    with unchanged_random_state():
+        callbacks[0].evaluate(trainer, learner)
+    assert all(m.training for m in learner.modules())
+
+
+def test_rl_figure_labels_the_return_and_the_setting(tmp_path):
+    curve = AdaptationCurve(steps=(0, 1), episodes=2)
+    quiet_trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[curve]).fit(rl_learner(), rl_datamodule())
+    figure = curve.draw("MAMLPolicyGradient", 0, {0: torch.tensor([-30.0, -20.0]), 1: torch.tensor([-12.0, -8.0])})
+    (ax,) = figure.axes
+    assert ax.get_xlabel() == "inner policy-gradient steps"
+    assert ax.get_ylabel() == "mean return"
+    assert "2 validation tasks (Navigation2D, 10-step episodes, 3 per task and step)" in ax.get_title()
+    assert [t.get_text() for t in ax.texts] == ["-25.0", "-10.0"]
+
+
+def test_rl_learner_and_task_datamodule_must_come_together(tmp_path):
+    curve = AdaptationCurve(steps=(0, 1), episodes=2, plot=False)
+    with pytest.raises(ValueError, match=r"MAMLPolicyGradient is a meta-RL learner .*, got EpisodicDataModule\."):
+        quiet_trainer(tmp_path, callbacks=[curve]).fit(rl_learner(), sinusoid_datamodule())
+    with pytest.raises(ValueError, match=r"needs a learner with returns_after\(batch, steps\) .* got MAML"):
+        quiet_trainer(tmp_path, callbacks=[curve]).fit(sinusoid_maml(), rl_datamodule())
