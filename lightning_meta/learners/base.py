@@ -32,6 +32,22 @@ def check_positive_finite(owner: str, name: str, value: Any) -> None:
         raise ValueError(f"{owner}: {name} must be a positive finite number, got {value!r}.")
 
 
+def varies_in_ways(data: Any, stage: str) -> bool:
+    """Whether the task families ``data`` uses at ``stage`` give episodes of varying ways (``variable_size``)."""
+    tasks = getattr(data, "tasks", None)
+    if not callable(tasks):
+        return False
+    splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage, ())
+    for split in splits:
+        try:
+            family = tasks(split)
+        except (ValueError, TypeError):  # no such split: the stage itself reports it
+            continue
+        if getattr(family, "variable_size", False):
+            return True
+    return False
+
+
 def outside_inference_mode(batch: Episode) -> Episode:
     """The meta-batch with copies of its tensors made under ``torch.inference_mode``, which autograd cannot save.
 

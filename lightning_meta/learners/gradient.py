@@ -20,7 +20,7 @@ from lightning_meta import functional
 from lightning_meta._checks import positive_int
 from lightning_meta.episode import Episode
 from lightning_meta.inner_optim import SGD, InnerOptimizer
-from lightning_meta.learners.base import MetaLearner, check_positive_finite
+from lightning_meta.learners.base import MetaLearner, check_positive_finite, varies_in_ways
 
 StrategyChoice = Literal["auto", "vmap", "loop"]
 _STRATEGY_CHOICES = ("auto", "vmap", "loop")
@@ -67,6 +67,12 @@ class GradientLearner(MetaLearner):
     ``"autocast"`` lets the inner loop run in the low precision too: faster on GPUs with bf16 tensor cores, but
     under float16 its unscaled inner gradients can underflow to zero and the loss scale can overflow the second-order
     terms (Lightning issue #12600), so keep ``"float32"`` with ``"16-mixed"``.
+
+    Episodes of varying ways (Meta-Dataset's :class:`~lightning_meta.data.VariableEpisodes`): give the model as many
+    outputs as the most ways; :meth:`setup` sees that the data varies in ways and sets :attr:`variable_ways`, and
+    each episode then uses the first ``ways`` outputs in the inner loop, the predictions and the loss (the other
+    rows of the head get no gradient from it). Set ``variable_ways = True`` yourself when calling the learner
+    without a Trainer. It is kept in checkpoints.
 
     Subclasses choose the adapted parameters (:meth:`adapted_names`) and the learning rates (:meth:`inner_lr`).
 
@@ -138,6 +144,10 @@ class GradientLearner(MetaLearner):
         self.inner_optimizer = inner_optimizer if inner_optimizer is not None else SGD()
         self.chosen_strategy: str | None = None if strategy == "auto" else strategy
         self._checked_outputs: set[tuple[int | None, tuple[int, ...]]] = set()
+        #: classification episodes of varying ways: the model has as many outputs as the most ways, and each
+        #: episode uses the first ``ways`` of them (set by :meth:`setup` from the data; see :meth:`keep_ways`).
+        self.variable_ways = False
+        self._ways: int | None = None
         self._trial_times: dict[str, list[float]] = {"vmap": [], "loop": []}
         self._trial_strategy: str | None = None
         self._trial_start = 0.0
@@ -207,7 +217,15 @@ class GradientLearner(MetaLearner):
         finally:
             self.model.train(was_training)
         name = type(self).__name__
-        if support.is_classification:
+        if support.is_classification and self.variable_ways:
+            if outputs.dim() != 2 or outputs.shape[-1] < support.ways:
+                raise ValueError(
+                    f"{name}: the model gives outputs of shape {tuple(outputs.shape[1:])} per example but this episode "
+                    f"is {support.ways}-way: with episodes of varying ways the model needs one logit per way of the "
+                    "largest episode (each episode uses the first `ways` logits). Give the model's last layer as many "
+                    f"outputs as VariableEpisodes.max_ways (at least {support.ways})."
+                )
+        elif support.is_classification:
             if outputs.dim() != 2 or outputs.shape[-1] != support.ways:
                 raise ValueError(
                     f"{name}: the model gives outputs of shape {tuple(outputs.shape[1:])} per example but the episodes "
@@ -225,11 +243,18 @@ class GradientLearner(MetaLearner):
 
     @override
     def setup(self, stage: str) -> None:
-        """Refuse, before any step, evaluation episodes with other ways than training (the head is fixed)."""
+        """Turn on :attr:`variable_ways` for data of varying ways; refuse other evaluation ways than training."""
         super().setup(stage)
         data = getattr(self.trainer, "datamodule", None)
+        if not self.variable_ways and varies_in_ways(data, stage):
+            self.variable_ways = True
+            rank_zero_info(
+                f"{type(self).__name__}: the episodes vary in ways, so each uses the first `ways` outputs of the "
+                "model (give it as many outputs as the most ways)."
+            )
         ways, eval_ways = getattr(data, "ways", None), getattr(data, "eval_ways", None)
-        if stage == "fit" and isinstance(ways, int) and isinstance(eval_ways, int) and ways != eval_ways:
+        fixed = isinstance(ways, int) and isinstance(eval_ways, int)
+        if stage == "fit" and fixed and ways != eval_ways and not self.variable_ways:
             raise ValueError(
                 f"{type(self).__name__}: the datamodule trains {ways}-way and evaluates eval_ways={eval_ways}: a "
                 "gradient-based learner adapts a model with one output per way, so both must be equal (metric "
@@ -241,6 +266,7 @@ class GradientLearner(MetaLearner):
     ) -> functional.Params | list[functional.Params]:
         """Adapted parameters for every task of ``support`` (a leading task dimension on the adapted ones)."""
         self.check_outputs(support)
+        self._ways = support.ways if self.variable_ways and support.is_classification else None
         params = self.inner_params()
         device = support.support_x.device.type
         float32 = self.inner_precision == "float32" and torch.is_autocast_enabled(device)
@@ -250,7 +276,7 @@ class GradientLearner(MetaLearner):
                 params,
                 support.support_x,
                 support.support_y,
-                loss_fn=self.support_loss,
+                loss_fn=self.support_loss if self._ways is None else self._support_loss_of_ways,
                 steps=steps,
                 lr=self.inner_lr_for(steps),
                 first_order=first_order,
@@ -260,6 +286,17 @@ class GradientLearner(MetaLearner):
                 compiled=self.compile_inner_loop,
                 optimizer=self.inner_transform(),
             )
+
+    def keep_ways(self, outputs: Tensor) -> Tensor:
+        """The model's outputs for the current episode: its first ``ways`` logits when :attr:`variable_ways`.
+
+        A method that calls the model itself (not through :meth:`predict` or the inner loop) passes its outputs
+        through this before a loss, as iMAML does.
+        """
+        return outputs if self._ways is None else outputs[..., : self._ways]
+
+    def _support_loss_of_ways(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return self.support_loss(self.keep_ways(outputs), targets)
 
     @override
     def adapt(self, support: Episode) -> functional.Params:
@@ -298,7 +335,8 @@ class GradientLearner(MetaLearner):
 
     @override
     def predict(self, query_x: Tensor, state: Mapping[str, Tensor]) -> Tensor:
-        return functional.forward_batch(self.model, state, query_x, strategy=self.current_strategy())  # type: ignore[arg-type]
+        outputs = functional.forward_batch(self.model, state, query_x, strategy=self.current_strategy())  # type: ignore[arg-type]
+        return self.keep_ways(outputs)
 
     # ------------------------------------------------------------------------------------------ strategy "auto"
     def _vmap_ruled_out(self) -> str | None:
@@ -355,12 +393,14 @@ class GradientLearner(MetaLearner):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["chosen_strategy"] = self.chosen_strategy
+        checkpoint["variable_ways"] = self.variable_ways
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         if self.strategy == "auto":
             self.chosen_strategy = checkpoint.get("chosen_strategy")
+        self.variable_ways = self.variable_ways or bool(checkpoint.get("variable_ways", False))
 
     # ------------------------------------------------------------------------------------------ reporting
     def predictions_after(self, batch: Episode, steps: Sequence[int]) -> dict[int, Tensor]:

@@ -160,7 +160,7 @@ class IMAML(GradientLearner):
                 strategy=self.current_strategy(),  # type: ignore[arg-type]
             )
             support_loss: Tensor = sum(  # type: ignore[assignment]
-                self.support_loss(out, y) for out, y in zip(outputs, episode.support_y, strict=True)
+                self.support_loss(self.keep_ways(out), y) for out, y in zip(outputs, episode.support_y, strict=True)
             )
             support_grads = torch.autograd.grad(support_loss, leaves, create_graph=True)
 

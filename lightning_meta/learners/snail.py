@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ from typing_extensions import override
 from lightning_meta._checks import positive_int
 from lightning_meta.episode import Episode
 from lightning_meta.functional import embed
-from lightning_meta.learners.base import MetaLearner
+from lightning_meta.learners.base import MetaLearner, varies_in_ways
 from lightning_meta.learners.matchingnet import output_features
 
 
@@ -163,9 +164,11 @@ class SNAIL(MetaLearner):
     with its task's query statistics (transductive, like MAML and ProtoNet here); with a backbone without batch
     statistics a query's logits depend on the support set and that query only.
 
-    The label input and the output layer have ``ways`` units, so every episode must be ``ways``-way; the number of
-    support examples may differ from ``ways * shots`` (``shots`` fixes only how many dense blocks a TC block has),
-    so the adaptation curve against shots applies.
+    The label input and the output layer have ``ways`` units, so every episode must be ``ways``-way, except on
+    data whose episodes vary in ways (Meta-Dataset's :class:`~lightning_meta.data.VariableEpisodes`): there
+    ``ways`` is the most ways of an episode and each episode uses the first ``ways`` label units and logits. The
+    number of support examples may differ from ``ways * shots`` (``shots`` fixes only how many dense blocks a TC
+    block has), so the adaptation curve against shots applies.
 
     Args:
         backbone: embedding network mapping ``[n, *input_shape]`` to ``[n, *feature_shape]`` (flattened here), e.g.
@@ -228,6 +231,10 @@ class SNAIL(MetaLearner):
             channels = blocks[-1].out_channels
         self.blocks = nn.ModuleList(blocks)
         self.output = nn.Linear(channels, ways)
+        #: episodes of varying ways: ``ways`` is the most, and each episode uses the first ``ways`` of the label
+        #: units and logits (set by :meth:`setup` from the data, kept in checkpoints).
+        self.variable_ways = False
+        self._ways: int | None = None
 
     @override
     def adapt(self, support: Episode) -> Tensor:
@@ -236,11 +243,18 @@ class SNAIL(MetaLearner):
         Each block concatenates its inputs with new features, so this one tensor holds every block's support inputs
         as a prefix of its channels.
         """
-        if support.ways != self.ways:
+        if self.variable_ways and isinstance(support.ways, int) and support.ways > self.ways:
+            raise ValueError(
+                f"SNAIL: with episodes of varying ways, SNAIL(ways=...) is the most ways of an episode (the size of "
+                "its label input and output; each episode uses the first `ways`), so it must be at least "
+                f"{support.ways}; got ways={self.ways}. Set it to VariableEpisodes.max_ways."
+            )
+        if not self.variable_ways and support.ways != self.ways:
             raise ValueError(
                 f"SNAIL: episodes must be {self.ways}-way (the size of its label input and output, set by "
                 f"SNAIL(ways=...)), got ways={support.ways!r}."
             )
+        self._ways = support.ways if self.variable_ways else None
         features = embed(self.backbone, support.support_x)
         x = torch.cat([features, F.one_hot(support.support_y, self.ways).to(features.dtype)], dim=-1)
         for block in self.blocks:
@@ -254,7 +268,25 @@ class SNAIL(MetaLearner):
         x = torch.cat([features, features.new_zeros(*features.shape[:-1], self.ways)], dim=-1)
         for block in self.blocks:
             x = block.step(state, x)  # type: ignore[operator]
-        return self.output(x)
+        logits = self.output(x)
+        return logits if self._ways is None else logits[..., : self._ways]
+
+    @override
+    def setup(self, stage: str) -> None:
+        """Turn on :attr:`variable_ways` when the data's episodes vary in ways (Meta-Dataset's sampling)."""
+        super().setup(stage)
+        if not self.variable_ways and varies_in_ways(getattr(self.trainer, "datamodule", None), stage):
+            self.variable_ways = True
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["variable_ways"] = self.variable_ways
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.variable_ways = self.variable_ways or bool(checkpoint.get("variable_ways", False))
 
 
 __all__ = ["SNAIL", "AttentionBlock", "DenseBlock", "TCBlock"]

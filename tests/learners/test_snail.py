@@ -189,6 +189,24 @@ def test_snail_refuses_episodes_of_another_number_of_ways():
         learner(episode)
 
 
+def test_snail_with_varying_ways_reads_fewer_ways_with_the_first_label_units_and_refuses_more():
+    learner = snail(ways=5)
+    learner.variable_ways = True  # what setup() sets for VariableEpisodes data
+    episode = random_meta_batch(n_tasks=2, ways=3, shots=2, queries=2, dim=6)
+    logits = learner(episode)
+    assert logits.shape == (2, 6, 3)
+    # by hand: the 5 label units with the last two always zero, then the first 3 of the 5 logits
+    state = torch.cat([learner.backbone(episode.support_x), F.one_hot(episode.support_y, 5).double()], -1)
+    for block in learner.blocks:
+        state = block(state)
+    query = torch.cat([learner.backbone(episode.query_x), torch.zeros(2, 6, 5, dtype=torch.float64)], -1)
+    for block in learner.blocks:
+        query = block.step(state, query)
+    torch.testing.assert_close(logits, learner.output(query)[..., :3])
+    with pytest.raises(ValueError, match=r"SNAIL\(ways=...\) is the most ways .* at least 6; got ways=5"):
+        learner(random_meta_batch(n_tasks=1, ways=6, shots=1, queries=1, dim=6))
+
+
 # ----------------------------------------------------------------------------- learning
 def test_snail_meta_gradient_reaches_every_parameter_and_steps_lower_the_loss():
     torch.manual_seed(0)
