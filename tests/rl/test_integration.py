@@ -1,4 +1,4 @@
-"""MAMLPolicyGradient under real 2-process DDP, and killed mid-epoch then resumed (subprocesses)."""
+"""MAMLPolicyGradient under real 2-process DDP (with AdaptationCurve), and killed mid-epoch then resumed."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from lightning_meta.rl import TaskDataModule
+from tests.rl.runs import CURVE_STEPS, CURVE_TASKS, tiny_datamodule, tiny_learner
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -62,3 +65,25 @@ def test_killed_mid_epoch_and_resumed_run_ends_bit_identical(tmp_path):
     for key, state in reference["optimizer"]["state"].items():
         for field, value in state.items():
             assert torch.equal(value, resumed["optimizer"]["state"][key][field]), (key, field)
+
+
+def test_adaptation_curve_under_two_process_ddp_splits_the_tasks_and_logs_the_one_process_returns(tmp_path):
+    _run("curve", "--devices", "2", out=tmp_path)
+    evaluated = [torch.cat(torch.load(tmp_path / f"curve-tasks.rank{r}.pt")) for r in (0, 1)]
+    assert sorted(torch.cat(evaluated).tolist()) == list(range(CURVE_TASKS))  # each task on one rank only
+    assert evaluated[0].numel() and evaluated[1].numel()
+    writes = {r: (tmp_path / f"writes-rank{r}.txt") for r in (0, 1)}
+    assert writes[0].read_text().split() == [str(tmp_path / "figures" / "epoch=0.png")] and not writes[1].exists()
+    run = torch.load(tmp_path / "curve.pt", weights_only=True)
+    # one process, the same weights, the datamodule's fixed validation tasks in one meta-batch
+    learner = tiny_learner()
+    learner.load_state_dict(run["weights"])
+    reference = tiny_datamodule(2, train_tasks=8)
+    dm = TaskDataModule(reference.family, tasks_per_batch=2, eval_tasks_per_batch=CURVE_TASKS, eval_tasks=CURVE_TASKS,
+                        seed=reference.seed)  # fmt: skip
+    dm.setup("validate")
+    (batch,) = list(dm.val_dataloader())
+    expected = learner.returns_after(batch, max(CURVE_STEPS)).mean(dim=1)
+    for k in CURVE_STEPS:
+        assert run["logged"][k] == pytest.approx(float(expected[k]), rel=1e-5), k
+        assert run["history"][0][k] == pytest.approx(float(expected[k]), rel=1e-5), k
