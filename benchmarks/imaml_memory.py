@@ -37,6 +37,8 @@ import subprocess
 import sys
 import time
 
+from lightning_meta import InnerLoop
+
 
 def _status_mb(field: str) -> float:
     """``VmRSS`` (resident now) or ``VmHWM`` (peak resident) of this process, in MB, from ``/proc/self/status``."""
@@ -61,11 +63,12 @@ def child(learner_name: str, steps: int, tasks: int, threads: int) -> None:
     torch.manual_seed(0)
     ways, shots, queries = 5, 1, 15
     model = Conv4(in_channels=1, hidden=32, out_features=ways, image_size=28)
-    common = {"inner_lr": 0.1, "inner_steps": steps, "strategy": "loop"}
+    first_order = learner_name == "fomaml"
+    inner_loop = InnerLoop(lr=0.1, steps=steps, vectorize="loop", first_order=first_order)
     if learner_name == "imaml":
-        learner = IMAML(model, lam=1.0, cg_steps=5, **common)
+        learner = IMAML(model, inner_loop=inner_loop, lam=1.0, cg_steps=5)
     else:
-        learner = MAML(model, first_order=learner_name == "fomaml", **common)
+        learner = MAML(model, inner_loop=inner_loop)
     learner.train()
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(1)

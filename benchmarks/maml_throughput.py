@@ -65,6 +65,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_meta import InnerLoop
+from lightning_meta.learners.auto_vectorize import AutoVectorize
+
 IMPLS = ("vmap", "loop", "auto", "l2l", "floor", "vmap-compiled", "loop-compiled")
 OURS = ("vmap", "loop", "auto", "vmap-compiled", "loop-compiled")
 
@@ -145,6 +148,20 @@ ROWS: dict[str, Row] = {
         ),
     )
 }
+
+
+class _SingleProcess:
+    """What AutoVectorize needs of a Trainer outside one: a broadcast that returns its argument."""
+
+    class strategy:  # noqa: N801  (mirrors trainer.strategy)
+        @staticmethod
+        def broadcast(obj: Any, src: int = 0) -> Any:
+            return obj
+
+
+SINGLE_PROCESS = _SingleProcess()
+
+
 DEFAULT_ROWS = ("sine-1", "sine-5", "trainer", "conv4-2nd-1", "conv4-1st-1", "omniglot-20w1s", "conv4-2nd-5")
 ALL_ROWS = (*ROWS, "trainer")
 
@@ -199,11 +216,13 @@ class Impl:
 
             self.learner = MAML(
                 copy.deepcopy(model),
-                inner_lr=row.inner_lr,
-                inner_steps=row.steps,
-                first_order=row.first_order,
-                strategy=name.removesuffix("-compiled"),
-                compile_inner_loop=name.endswith("-compiled"),
+                inner_loop=InnerLoop(
+                    lr=row.inner_lr,
+                    steps=row.steps,
+                    first_order=row.first_order,
+                    vectorize=name.removesuffix("-compiled"),
+                    compiled=name.endswith("-compiled"),
+                ),
             )
             self.learner.train()
             params = self.learner.parameters()
@@ -225,16 +244,17 @@ class Impl:
             return
         start = time.perf_counter()
         index = 0
-        while self.learner.chosen_strategy is None:
-            self.learner.on_train_batch_start(self.batch, index)
+        auto = AutoVectorize()
+        while self.learner.chosen_vectorize is None:
+            auto.on_train_batch_start(SINGLE_PROCESS, self.learner, self.batch, index)  # type: ignore[arg-type]
             self.step()
-            self.learner.on_train_batch_end(None, self.batch, index)
+            auto.on_train_batch_end(SINGLE_PROCESS, self.learner, None, self.batch, index)  # type: ignore[arg-type]
             index += 1
         self.info = {
-            "chosen": self.learner.chosen_strategy,
+            "chosen": self.learner.chosen_vectorize,
             "trial_steps": index,
             "trial_seconds": time.perf_counter() - start,
-            "trial_times": {k: list(v) for k, v in self.learner._trial_times.items()},
+            "trial_times": {k: list(v) for k, v in auto.times.items()},
         }
 
     def step(self) -> None:
@@ -415,7 +435,9 @@ def measure_trainer(row: Row, rounds: int, steps: int, log: Callable[[str], None
             return episodes[i % len(episodes)]
 
     torch.manual_seed(0)
-    learner = MAML(MLP(), inner_lr=row.inner_lr, inner_steps=row.steps, first_order=row.first_order, strategy="auto")
+    learner = MAML(
+        MLP(), inner_loop=InnerLoop(lr=row.inner_lr, steps=row.steps, first_order=row.first_order, vectorize="auto")
+    )
     bare_optimizer = torch.optim.Adam(learner.parameters(), lr=learner.lr)
 
     def bare_step(episode: Any) -> float:
@@ -444,9 +466,9 @@ def measure_trainer(row: Row, rounds: int, steps: int, log: Callable[[str], None
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
             now = time.perf_counter()
-            if self.stamp is not None and self.pending is not None and pl_module.chosen_strategy is not None:
+            if self.stamp is not None and self.pending is not None and pl_module.chosen_vectorize is not None:
                 self.pairs.append((now - self.stamp, self.pending))
-            self.pending = bare_step(batch) if pl_module.chosen_strategy is not None else None
+            self.pending = bare_step(batch) if pl_module.chosen_vectorize is not None else None
             self.stamp = time.perf_counter()
 
     pairs: list[tuple[float, float]] = []
@@ -471,7 +493,7 @@ def measure_trainer(row: Row, rounds: int, steps: int, log: Callable[[str], None
         log(
             f"  trainer: round {r + 1}/{rounds}: fit {statistics.median(fits) * 1e3:.2f} ms/step, "
             f"bare {statistics.median(bares) * 1e3:.2f} ms/step, paired ratio "
-            f"{statistics.median(f / b for f, b in clock.pairs[skip:]):.3f} (auto chose {learner.chosen_strategy!r})"
+            f"{statistics.median(f / b for f, b in clock.pairs[skip:]):.3f} (auto chose {learner.chosen_vectorize!r})"
         )
     trainer_steps = [f for f, _ in pairs]
     bare_steps = [b for _, b in pairs]
@@ -479,7 +501,7 @@ def measure_trainer(row: Row, rounds: int, steps: int, log: Callable[[str], None
     fit_mean, bare_mean = statistics.fmean(trainer_steps), statistics.fmean(bare_steps)
     return {
         "row": row.name,
-        "strategy": learner.chosen_strategy,
+        "strategy": learner.chosen_vectorize,
         "steps_per_fit": steps,
         "rounds": rounds,
         "fit_step_median_s": fit_median,

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from lightning_meta import Episode
+from lightning_meta import Episode, InnerLoop
 from lightning_meta.data import Sinusoid
 from lightning_meta.learners import MAML
 from lightning_meta.models import MLP, Conv4
@@ -64,8 +64,11 @@ def main() -> None:
     ]:
         for strategy in ("loop", "vmap"):
 
-            def learner(inner_precision: str, net: torch.nn.Module = net, strategy: str = strategy) -> MAML:
-                return MAML(copy.deepcopy(net), inner_lr=inner_lr, strategy=strategy, inner_precision=inner_precision)  # noqa: B023
+            def learner(
+                inner_precision: str, net: torch.nn.Module = net, strategy: str = strategy, inner_lr: float = inner_lr
+            ) -> MAML:
+                loop = InnerLoop(lr=inner_lr, vectorize=strategy, precision=inner_precision)  # type: ignore[arg-type]
+                return MAML(copy.deepcopy(net), inner_loop=loop)
 
             def timed(model: MAML, dtype: torch.dtype | None) -> float:
                 meta_step(model, batch, dtype)  # noqa: B023 - warm-up

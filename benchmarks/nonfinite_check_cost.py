@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from lightning_meta import Episode
+from lightning_meta import Episode, InnerLoop
 from lightning_meta.learners import MAML
 from lightning_meta.models import MLP
 from lightning_meta.nonfinite import all_finite
@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    learner = MAML(MLP(), inner_lr=0.01, inner_steps=1, strategy="vmap")
+    learner = MAML(MLP(), inner_loop=InnerLoop(lr=0.01, steps=1, vectorize="vmap"))
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
     x = torch.rand(25, 20, 1) * 10 - 5
     episode = Episode(x[:, :10], torch.sin(x[:, :10]), x[:, 10:], torch.sin(x[:, 10:]), batched=True)

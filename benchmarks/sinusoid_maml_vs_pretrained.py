@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_meta import InnerLoop
 from lightning_meta.data import EpisodicDataModule, Sinusoid
 from lightning_meta.episode import Episode
 from lightning_meta.learners import MAML
@@ -91,7 +92,9 @@ def train(args: argparse.Namespace) -> None:
         train_episodes=TASKS_PER_BATCH * args.max_steps, seed=args.seed,
     )  # fmt: skip
     if args.method == "maml":
-        module: L.LightningModule = MAML(MLP(), inner_lr=INNER_LR, inner_steps=1, lr=META_LR, strategy="vmap")
+        module: L.LightningModule = MAML(
+            MLP(), inner_loop=InnerLoop(lr=INNER_LR, steps=1, vectorize="vmap"), lr=META_LR
+        )
     else:
         module = Pretrained(lr=META_LR)
     out = Path(args.workdir)
@@ -175,7 +178,7 @@ def evaluate(args: argparse.Namespace) -> None:
         for lr in args.pretrained_lrs:
             candidates[f"pretrained, step {lr:g}"] = (pretrained_name, lr)
         for label, (name, lr) in candidates.items():
-            learner = MAML(load_mlp(work / f"{name}.pt"), inner_lr=lr, inner_steps=1, strategy="vmap")
+            learner = MAML(load_mlp(work / f"{name}.pt"), inner_loop=InnerLoop(lr=lr, steps=1, vectorize="vmap"))
             per_task = evaluate_learner(learner, batches, CURVE_STEPS)
             row = {"K": shots, "method": label, "inner_lr": lr, "checkpoint": name,
                    "train_shots": runs[name]["train_shots"],

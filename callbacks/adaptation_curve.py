@@ -139,7 +139,7 @@ class AdaptationCurve(Callback):
         >>> curve = AdaptationCurve(steps=(0, 1, 5), episodes=8, plot=False)
         >>> trainer = L.Trainer(max_epochs=1, callbacks=[curve], accelerator="cpu", logger=False, limit_val_batches=0,
         ...                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-        >>> trainer.fit(MAML(MLP(hidden=(8,)), strategy="vmap"), datamodule=dm)
+        >>> trainer.fit(MAML(MLP(hidden=(8,))), datamodule=dm)
         >>> sorted(key for key in trainer.callback_metrics if key.startswith("adaptation/"))
         ['adaptation/mse_0_steps', 'adaptation/mse_1_steps', 'adaptation/mse_5_steps']
     """

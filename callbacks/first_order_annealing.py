@@ -13,7 +13,7 @@ class FirstOrderAnnealing(EpochSchedule):
 
     Antoniou, Edwards and Storkey, "How to train your MAML", ICLR 2019, section 4: first-order gradients for the
     first 50 epochs save computation while the model is far from a good initialisation, and second-order ones
-    afterwards give the better final accuracy. The callback sets the learner's ``first_order`` attribute (MAML,
+    afterwards give the better final accuracy. The callback sets the learner's ``inner_loop.first_order`` (MAML,
     ANIL, Meta-SGD) to ``epoch < second_order_epoch`` at the start of training and of every training epoch.
 
     The value is a function of ``trainer.current_epoch`` alone, so nothing needs saving: a run resumed from any
@@ -27,7 +27,7 @@ class FirstOrderAnnealing(EpochSchedule):
 
     Raises:
         ValueError: for a ``second_order_epoch`` that is not a non-negative integer; at ``fit`` for a learner
-            without a boolean ``first_order`` attribute.
+            without a boolean ``inner_loop.first_order`` (or ``first_order`` attribute).
 
     Example:
         >>> annealing = FirstOrderAnnealing(second_order_epoch=50)
@@ -44,6 +44,7 @@ class FirstOrderAnnealing(EpochSchedule):
         self.second_order_epoch = second_order_epoch
 
     attribute = "first_order"
+    setting = "first_order"
 
     def first_order_at(self, epoch: int) -> bool:
         """Whether training epoch ``epoch`` (0-based) uses first-order gradients."""
@@ -51,10 +52,15 @@ class FirstOrderAnnealing(EpochSchedule):
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and not isinstance(getattr(pl_module, "first_order", None), bool):
+        if stage == "fit" and getattr(pl_module, "second_order", True) is False:
             raise ValueError(
-                "FirstOrderAnnealing sets the learner's first_order attribute (MAML, ANIL, MetaSGD); "
-                f"{type(pl_module).__name__} has none."
+                f"FirstOrderAnnealing: {type(pl_module).__name__} always adapts first order (its meta-gradient never "
+                "goes through the inner gradients), so there is no order to anneal; remove the callback."
+            )
+        if stage == "fit" and not isinstance(self.current(pl_module), bool):
+            raise ValueError(
+                "FirstOrderAnnealing sets the learner's inner_loop.first_order (MAML, ANIL, MetaSGD) or its own "
+                f"first_order attribute; {type(pl_module).__name__} has neither."
             )
 
     @override

@@ -16,9 +16,9 @@ class InnerStepsSchedule(EpochSchedule):
 
     ``milestones`` maps an epoch to the number of inner steps used from that epoch on, like
     ``torch.optim.lr_scheduler.MultiStepLR``'s milestones: ``{0: 1, 10: 3, 20: 5}`` trains with one step for
-    epochs 0-9, three for 10-19 and five from epoch 20. The callback sets the learner's ``inner_steps`` (every
+    epochs 0-9, three for 10-19 and five from epoch 20. The callback sets the learner's ``inner_loop.steps`` (every
     gradient learner: MAML, ANIL, Meta-SGD, Reptile) at the start of training and of every training epoch;
-    ``eval_inner_steps`` (validation and test) is left as it is.
+    ``inner_loop.eval_steps`` (validation and test) is left as it is.
 
     The value is a function of ``trainer.current_epoch`` alone, so nothing needs saving: a run resumed from any
     checkpoint, even one written in the middle of an epoch, uses the same number of steps at every step as the
@@ -29,8 +29,9 @@ class InnerStepsSchedule(EpochSchedule):
 
     Raises:
         ValueError: for milestones without epoch 0, a negative or non-integer epoch, or a number of steps that is
-            not a positive integer; at ``fit`` for a learner without an integer ``inner_steps`` attribute, or for
-            MAML++ with learned per-step rates (``learn_inner_lr=True``) asked for more steps than it has rates.
+            not a positive integer; at ``fit`` for a learner without an integer ``inner_loop.steps`` (or
+            ``inner_steps``), or for MAML++ with learned per-step rates (``learn_inner_lr=True``) asked for more
+            steps than it has rates.
 
     Example:
         >>> schedule = InnerStepsSchedule(milestones={0: 1, 10: 3, 20: 5})
@@ -64,6 +65,7 @@ class InnerStepsSchedule(EpochSchedule):
         self._epochs = list(self.milestones)
 
     attribute = "inner_steps"
+    setting = "steps"
 
     def steps_at(self, epoch: int) -> int:
         """The number of inner steps of training epoch ``epoch`` (0-based)."""
@@ -78,11 +80,11 @@ class InnerStepsSchedule(EpochSchedule):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        current = getattr(pl_module, "inner_steps", None)
+        current = self.current(pl_module)
         if isinstance(current, bool) or not isinstance(current, int):
             raise ValueError(
-                "InnerStepsSchedule sets the learner's inner_steps attribute (MAML, ANIL, MetaSGD, Reptile); "
-                f"{type(pl_module).__name__} has none."
+                "InnerStepsSchedule sets the learner's inner_loop.steps (MAML, ANIL, MetaSGD, Reptile) or its own "
+                f"inner_steps attribute; {type(pl_module).__name__} has neither."
             )
         rates = getattr(pl_module, "inner_lrs", None)
         if getattr(pl_module, "learn_inner_lr", False) and rates:
@@ -91,7 +93,8 @@ class InnerStepsSchedule(EpochSchedule):
             if most > learned:
                 raise ValueError(
                     f"InnerStepsSchedule: {type(pl_module).__name__}(learn_inner_lr=True) has learned rates for "
-                    f"{learned} inner steps, but milestones ask for up to {most}; build it with inner_steps={most}."
+                    f"{learned} inner steps, but milestones ask for up to {most}; build it with "
+                    f"InnerLoop(steps={most})."
                 )
 
     @override

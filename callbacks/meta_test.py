@@ -54,12 +54,12 @@ class MetaTest(Callback):
     Example:
         >>> import lightning as L
         >>> from lightning_meta.data import EpisodicDataModule, Sinusoid
-        >>> from lightning_meta.learners import MAML
+        >>> from lightning_meta import MAML, InnerLoop
         >>> from lightning_meta.models import MLP
         >>> dm = EpisodicDataModule(Sinusoid(), test=Sinusoid(), shots=5, queries=5, train_episodes=8)
         >>> trainer = L.Trainer(max_epochs=1, callbacks=[MetaTest(episodes=20)], accelerator="cpu", logger=False,
         ...                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-        >>> trainer.fit(MAML(MLP(hidden=(8,)), strategy="vmap"), datamodule=dm)
+        >>> trainer.fit(MAML(MLP(hidden=(8,)), inner_loop=InnerLoop(vectorize="vmap")), datamodule=dm)
         >>> sorted(key for key in trainer.callback_metrics if key.startswith("meta_test/"))
         ['meta_test/mse', 'meta_test/mse_ci95']
     """

@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_meta import Episode
+from lightning_meta import Episode, InnerLoop
 from lightning_meta.data import EpisodicDataModule
 from lightning_meta.data.omniglot import Omniglot
 from lightning_meta.learners import MAML
@@ -52,7 +52,7 @@ class SmoothedMAML(MAML):
     """MAML with the project's label-smoothed cross-entropy in both loops."""
 
     def __init__(self, *, ways: int, smoothing: float = 0.1, inner_lr: float = 0.4, lr: float = 1e-3) -> None:
-        super().__init__(CharacterCNN(ways), inner_lr=inner_lr, inner_steps=1, eval_inner_steps=3, lr=lr)
+        super().__init__(CharacterCNN(ways), inner_loop=InnerLoop(lr=inner_lr, steps=1, eval_steps=3), lr=lr)
         self.smoothing = smoothing
 
     @override

@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from lightning_meta import MAML, Episode, EpisodicDataModule, MetaLearner
+from lightning_meta import MAML, EpisodicDataModule, InnerLoop, MetaLearner, SupportSet
 from lightning_meta.functional import class_means, embed
 from lightning_meta.inner_optim import InnerOptimizer
 
@@ -31,7 +31,7 @@ class RelationNet(MetaLearner):
         self.relation = nn.Sequential(nn.Linear(2 * features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.save_learner_hyperparameters()
 
-    def adapt(self, support: Episode) -> Tensor:
+    def adapt(self, support: SupportSet) -> Tensor:
         return class_means(embed(self.backbone, support.support_x), support.support_y, support.ways)
 
     def predict(self, query_x: Tensor, state: Tensor) -> Tensor:
@@ -69,7 +69,9 @@ def main(steps: int = 150) -> dict[str, float]:
     backbone = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 16))
     results = {"RelationNet": train(RelationNet(backbone, features=16, lr=3e-3), steps)}
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 5))
-    results["MAML with sign-SGD"] = train(MAML(model, inner_optimizer=SignSGD(), inner_lr=0.05, lr=3e-3), steps)
+    results["MAML with sign-SGD"] = train(
+        MAML(model, inner_loop=InnerLoop(optimizer=SignSGD(), lr=0.05), lr=3e-3), steps
+    )
     for name, accuracy in results.items():
         print(f"{name}: 5-way 1-shot validation accuracy {accuracy:.3f} (chance 0.200)")
     return results

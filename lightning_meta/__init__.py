@@ -5,7 +5,8 @@ Learners are LightningModules (:mod:`lightning_meta.learners`), fed by episodic 
 """
 
 from lightning_meta.data import EpisodicDataModule
-from lightning_meta.episode import Episode
+from lightning_meta.episode import Episode, SupportSet
+from lightning_meta.inner_loop import InnerLoop
 from lightning_meta.learners import (
     ANIL,
     IMAML,
@@ -33,6 +34,7 @@ __all__ = [
     "Episode",
     "EpisodeAccuracy",
     "EpisodicDataModule",
+    "InnerLoop",
     "MatchingNet",
     "MetaLearner",
     "MetaSGD",
@@ -40,5 +42,6 @@ __all__ = [
     "ResNet12",
     "Reptile",
     "SNAIL",
+    "SupportSet",
     "__version__",
 ]

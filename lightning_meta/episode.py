@@ -87,6 +87,11 @@ class Episode:
     def __len__(self) -> int:
         return self.n_tasks
 
+    @property
+    def support_set(self) -> SupportSet:
+        """The support half alone: what a learner's ``adapt`` receives, so that it cannot read the query."""
+        return SupportSet(self.support_x, self.support_y, ways=self.ways, batched=self.batched, domains=self.domains)
+
     def _apply(self, fn: Any) -> Episode:
         return replace(
             self,
@@ -165,3 +170,49 @@ class Episode:
             f"Episode(n_tasks={self.n_tasks}, {kind}, support_x={tuple(self.support_x.shape)}, "
             f"query_x={tuple(self.query_x.shape)}, batched={self.batched})"
         )
+
+
+@dataclass(frozen=True)
+class SupportSet:
+    """The support examples of one task or of a meta-batch: what :meth:`MetaLearner.adapt` sees of an episode.
+
+    An :class:`Episode` without its query, so that a method's adaptation cannot read the query examples or their
+    labels by accident (``support.query_x`` is an ``AttributeError``). Made by :attr:`Episode.support_set`.
+
+    Args:
+        support_x: support inputs, ``[n_support, *input_shape]`` (or ``[n_tasks, n_support, *input_shape]``).
+        support_y: support targets, laid out like those of :class:`Episode`.
+        ways: number of classes, or ``None`` for regression.
+        batched: whether dimension 0 indexes tasks.
+        domains: the dataset of each task, for multi-domain episodes (see :class:`Episode`).
+
+    Example:
+        >>> import torch
+        >>> task = Episode(torch.zeros(5, 3), torch.arange(5), torch.zeros(10, 3), torch.arange(5).repeat(2), ways=5)
+        >>> support = Episode.stack([task, task]).support_set
+        >>> support.n_tasks, support.support_x.shape, hasattr(support, "query_x")
+        (2, torch.Size([2, 5, 3]), False)
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    ways: int | None = None
+    batched: bool = False
+    domains: Tensor | None = None
+
+    @property
+    def n_tasks(self) -> int:
+        """Number of tasks: the size of dimension 0 when batched, else 1."""
+        return self.support_x.shape[0] if self.batched else 1
+
+    @property
+    def is_classification(self) -> bool:
+        """Whether the targets are class labels (``ways`` is set)."""
+        return self.ways is not None
+
+    def __len__(self) -> int:
+        return self.n_tasks
+
+    def __repr__(self) -> str:
+        kind = f"ways={self.ways}" if self.ways is not None else "regression"
+        return f"SupportSet(n_tasks={self.n_tasks}, {kind}, support_x={tuple(self.support_x.shape)})"

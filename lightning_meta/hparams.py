@@ -13,6 +13,7 @@ import importlib
 import inspect
 import os
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,12 @@ def learner_hparams(cls: type, init_args: Mapping[str, Any]) -> dict[str, Any]:
     left out and must be passed again to ``load_from_checkpoint``.
 
     Example:
-        >>> from lightning_meta.learners import MAML
+        >>> from lightning_meta import MAML, InnerLoop
         >>> from lightning_meta.models import MLP
-        >>> hparams = learner_hparams(MAML, {"model": MLP(), "inner_lr": 0.1, "unknown": 1})
-        >>> hparams["model"]["class_path"], hparams["inner_lr"], "unknown" in hparams
+        >>> hparams = learner_hparams(MAML, {"model": MLP(), "inner_loop": InnerLoop(lr=0.1), "unknown": 1})
+        >>> hparams["model"]["class_path"], hparams["inner_loop"]["init_args"]["lr"], "unknown" in hparams
         ('lightning_meta.models.MLP', 0.1, False)
-        >>> "model" in learner_hparams(MAML, {"model": torch.nn.Linear(1, 1), "inner_lr": 0.1})
+        >>> "model" in learner_hparams(MAML, {"model": torch.nn.Linear(1, 1), "lr": 0.1})
         False
     """
     own = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
@@ -139,6 +140,30 @@ def _peek(checkpoint_path: Any) -> dict[str, Any] | None:
         return None
 
 
+#: The inner-loop keywords of the learners before :class:`~lightning_meta.InnerLoop`, and their InnerLoop names.
+LEGACY_INNER_LOOP = {
+    "inner_lr": "lr",
+    "inner_steps": "steps",
+    "eval_inner_steps": "eval_steps",
+    "first_order": "first_order",
+    "strategy": "vectorize",
+    "inner_precision": "precision",
+    "compile_inner_loop": "compiled",
+    "inner_optimizer": "optimizer",
+}
+
+
+def legacy_inner_loop(legacy: Mapping[str, Any]) -> dict[str, Any]:
+    """The :class:`~lightning_meta.InnerLoop` config equal to a learner's former inner-loop keywords.
+
+    Example:
+        >>> legacy_inner_loop({"inner_lr": 0.4, "inner_steps": 1, "strategy": "loop"})["init_args"]
+        {'lr': 0.4, 'steps': 1, 'vectorize': 'loop'}
+    """
+    init_args = {LEGACY_INNER_LOOP[k]: v for k, v in legacy.items() if k in LEGACY_INNER_LOOP and v is not None}
+    return {"class_path": "lightning_meta.inner_loop.InnerLoop", "init_args": init_args}
+
+
 def rebuild_arguments(cls: type, checkpoint_path: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments for Lightning's ``load_from_checkpoint``: ``kwargs`` plus the backbones built from configs.
 
@@ -154,10 +179,19 @@ def rebuild_arguments(cls: type, checkpoint_path: Any, kwargs: dict[str, Any]) -
     hparams.pop("_instantiator", None)
     hparams.pop("_class_path", None)
     kwargs = dict(kwargs)
+    signature = inspect.signature(cls.__init__)  # type: ignore[misc]
+    legacy = {k: hparams.pop(k) for k in list(hparams) if k in LEGACY_INNER_LOOP and k not in signature.parameters}
+    if legacy and "inner_loop" in signature.parameters and "inner_loop" not in hparams and "inner_loop" not in kwargs:
+        hparams["inner_loop"] = legacy_inner_loop(legacy)
+        warnings.warn(
+            f"Checkpoint {checkpoint_path} was written before the inner-loop settings became one InnerLoop: "
+            f"{sorted(legacy)} were read as {hparams['inner_loop']['init_args']}. Saving it again writes the new form.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
     for name, value in hparams.items():
         if name not in kwargs and _is_config(value):
             kwargs[name] = build_module(value)
-    signature = inspect.signature(cls.__init__)  # type: ignore[misc]
     missing = [
         name
         for name, p in signature.parameters.items()
@@ -179,4 +213,13 @@ def rebuild_arguments(cls: type, checkpoint_path: Any, kwargs: dict[str, Any]) -
     return kwargs
 
 
-__all__ = ["build_module", "check_checkpoint_class", "class_name", "is_plain", "learner_hparams", "rebuild_arguments"]
+__all__ = [
+    "LEGACY_INNER_LOOP",
+    "build_module",
+    "check_checkpoint_class",
+    "class_name",
+    "is_plain",
+    "learner_hparams",
+    "legacy_inner_loop",
+    "rebuild_arguments",
+]

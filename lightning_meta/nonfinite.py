@@ -96,9 +96,11 @@ def describe(learner: MetaLearner, batch: Episode, what: str, predictions: Tenso
     bad_predictions = _tasks_with_nonfinite(predictions, n) if predictions is not None else []
     if bad_predictions and not causes:
         causes.append(f"non-finite query predictions in tasks {named(bad_predictions)} from finite inputs and weights")
+    inner_loop = getattr(learner, "inner_loop", None)
     settings = ", ".join(
-        f"{name}={getattr(learner, name)}" for name in ("inner_lr", "inner_steps", "lr") if hasattr(learner, name)
+        [f"inner lr={inner_loop.lr:g}, inner steps={inner_loop.steps}"] if inner_loop is not None else []
     )
+    settings += (", " if settings else "") + f"lr={getattr(learner, 'lr', '?')}"
     causes.append(
         f"the adaptation or the outer step diverged: try smaller learning rates ({settings}), gradient clipping "
         "(Trainer(gradient_clip_val=1.0)), or float32 instead of float16 mixed precision"

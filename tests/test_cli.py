@@ -40,7 +40,7 @@ def test_torch_num_threads_must_be_positive():
 
 @pytest.mark.parametrize(
     ("learner", "own_argument"),
-    [("MAML", "multi_step_loss"), ("ANIL", "head"), ("MetaSGD", "inner_precision"), ("Reptile", "compile_inner_loop"),
+    [("MAML", "multi_step_loss"), ("ANIL", "head"), ("MetaSGD", "inner_loop"), ("Reptile", "inner_loop"),
      ("ProtoNet", "distance"), ("MatchingNet", "full_context_embeddings"), ("R2D2", "learn_lambda"),
      ("SNAIL", "shots")],
 )  # fmt: skip

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 import lightning_meta.inner_optim
-from lightning_meta import Episode, functional
+from lightning_meta import Episode, InnerLoop, functional
 from lightning_meta.data import EpisodicDataModule, Sinusoid
 from lightning_meta.hparams import build_module
 from lightning_meta.inner_optim import SGD, Adam, InnerOptimizer, Proximal
@@ -203,7 +203,10 @@ def test_adam_meta_gradient_stays_finite_where_a_gradient_is_exactly_zero():
         (lambda: Adam(betas=(0.9, 1.5)), "betas\\[1\\] must be a number in \\[0, 1\\), got 1.5"),
         (lambda: Adam(eps=0.0), "eps must be a finite number > 0, got 0.0"),
         (lambda: Proximal(SGD(), lam=-1.0), "lam must be a finite number > 0, got -1.0"),
-        (lambda: MAML(MLP(), inner_optimizer=torch.optim.SGD), "inner_optimizer must be an InnerOptimizer"),
+        (
+            lambda: MAML(MLP(), inner_loop=InnerLoop(optimizer=torch.optim.SGD)),
+            "InnerLoop: optimizer must be an InnerOptimizer",
+        ),
     ],
 )
 def test_bad_settings_are_refused_naming_the_setting(build, message):
@@ -242,17 +245,21 @@ def test_doctests_of_inner_optim_run():
 
 LEARNERS = {
     "maml_adam": lambda: MAML(
-        MLP(hidden=(8,)), inner_lr=0.01, inner_steps=2, strategy="vmap", inner_optimizer=Adam(betas=(0.0, 0.999))
+        MLP(hidden=(8,)), inner_loop=InnerLoop(lr=0.01, steps=2, vectorize="vmap", optimizer=Adam(betas=(0.0, 0.999)))
     ),  # fmt: skip
-    "anil_momentum": lambda: ANIL(MLP(hidden=(8,)), inner_lr=0.01, strategy="loop", inner_optimizer=SGD(momentum=0.9)),
+    "anil_momentum": lambda: ANIL(
+        MLP(hidden=(8,)), inner_loop=InnerLoop(lr=0.01, vectorize="loop", optimizer=SGD(momentum=0.9))
+    ),
     "metasgd_momentum": lambda: MetaSGD(
-        MLP(hidden=(8,)), inner_lr=0.01, inner_steps=2, strategy="vmap", inner_optimizer=SGD(momentum=0.5)
+        MLP(hidden=(8,)), inner_loop=InnerLoop(lr=0.01, steps=2, vectorize="vmap", optimizer=SGD(momentum=0.5))
     ),  # fmt: skip
     "maml++_adam": lambda: MAML(
-        MLP(hidden=(8,)), inner_steps=2, learn_inner_lr=True, inner_lr=0.01, strategy="vmap", inner_optimizer=Adam()
+        MLP(hidden=(8,)),
+        inner_loop=InnerLoop(steps=2, lr=0.01, vectorize="vmap", optimizer=Adam()),
+        learn_inner_lr=True,
     ),  # fmt: skip
     "reptile_adam": lambda: Reptile(
-        MLP(hidden=(8,)), inner_lr=0.001, inner_steps=3, strategy="vmap", inner_optimizer=Adam(betas=(0.0, 0.999))
+        MLP(hidden=(8,)), inner_loop=InnerLoop(lr=0.001, steps=3, vectorize="vmap", optimizer=Adam(betas=(0.0, 0.999)))
     ),  # fmt: skip
 }
 
@@ -265,11 +272,11 @@ def test_learner_with_an_inner_optimizer_fits_and_reloads_with_weights_only_load
     data = EpisodicDataModule(Sinusoid(), Sinusoid(), Sinusoid(), shots=5, queries=5, tasks_per_batch=4,
                               train_episodes=8, eval_episodes=4)  # fmt: skip
     quiet_trainer(max_epochs=1, callbacks=[checkpoint]).fit(learner, data)
-    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["hyper_parameters"]["inner_optimizer"]
-    assert saved == learner.inner_optimizer.init_config
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["hyper_parameters"]["inner_loop"]
+    assert saved["init_args"]["optimizer"] == learner.inner_loop.optimizer.init_config
     reloaded = type(learner).load_from_checkpoint(tmp_path / "last.ckpt")  # weights_only: the optimizer is data
-    assert type(reloaded.inner_optimizer) is type(learner.inner_optimizer)
-    assert reloaded.inner_optimizer.init_config == learner.inner_optimizer.init_config
+    assert type(reloaded.inner_loop.optimizer) is type(learner.inner_loop.optimizer)
+    assert reloaded.inner_loop.optimizer.init_config == learner.inner_loop.optimizer.init_config
     g = torch.Generator().manual_seed(1)
     x = torch.rand(2, 10, 1, generator=g) * 10 - 5
     batch = Episode(x[:, :5], torch.sin(x[:, :5]), x[:, 5:], torch.sin(x[:, 5:]), batched=True)
@@ -283,8 +290,8 @@ def test_the_inner_optimizer_changes_the_adaptation_and_learned_rates_still_lear
     model = MLP(hidden=(8,))
     x = torch.randn(2, 10, 1)
     episode = Episode(x, torch.sin(x), x, torch.sin(x), batched=True)
-    plain = MetaSGD(model, inner_lr=0.05, strategy="vmap")
-    adam = MetaSGD(model, inner_lr=0.05, strategy="vmap", inner_optimizer=Adam())
+    plain = MetaSGD(model, inner_loop=InnerLoop(lr=0.05, vectorize="vmap"))
+    adam = MetaSGD(model, inner_loop=InnerLoop(lr=0.05, vectorize="vmap", optimizer=Adam()))
     loss_plain, _ = plain.meta_loss(episode)
     loss_adam, _ = adam.meta_loss(episode)
     assert not torch.allclose(loss_plain, loss_adam)

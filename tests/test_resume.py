@@ -97,5 +97,5 @@ def test_killed_and_resumed_run_ends_bit_identical_to_an_uninterrupted_run(runs,
     _assert_identical(reference, resumed, name)
     if name == "maml++":  # the learned per-layer per-step inner rates were trained (so their equality means something)
         rates = {k: v for k, v in resumed["weights"].items() if k.startswith("inner_lrs")}
-        initial = RESUMED[name]().inner_lr
+        initial = RESUMED[name]().inner_loop.lr
         assert rates and all((v != initial).all() for v in rates.values()), rates

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_meta import InnerLoop
 from lightning_meta.hparams import is_plain
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "write_your_own_learner.py"
@@ -34,5 +35,5 @@ def test_the_custom_inner_optimizer_takes_sign_steps_and_is_saved_as_data(exampl
     optimizer = example.SignSGD()
     new = optimizer.step({"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([0.3, -4.0])}, lr=0.5)
     assert new["w"].tolist() == [0.5, 2.5]
-    learner = MAML(torch.nn.Linear(8, 5), inner_optimizer=optimizer)
+    learner = MAML(torch.nn.Linear(8, 5), inner_loop=InnerLoop(optimizer=optimizer))
     assert is_plain(dict(learner.hparams))

@@ -5,8 +5,7 @@ from __future__ import annotations
 from torch import nn
 from typing_extensions import override
 
-from lightning_meta.inner_optim import InnerOptimizer
-from lightning_meta.learners.gradient import InnerPrecision, StrategyChoice
+from lightning_meta.inner_loop import InnerLoop
 from lightning_meta.learners.maml import MAML
 
 
@@ -20,18 +19,10 @@ class ANIL(MAML):
     Args:
         model: the network; its last layer is the submodule named ``head``.
         head: name of the submodule that adapts (the backbones of :mod:`lightning_meta.models` call it ``head``).
-        inner_lr: inner-loop step size.
-        inner_steps: inner steps during training.
-        eval_inner_steps: inner steps at validation and test (default: ``inner_steps``).
-        first_order: treat the inner gradients as constants.
+        inner_loop: how it adapts (:class:`~lightning_meta.InnerLoop`; default ``InnerLoop(lr=0.01, steps=1)``).
         multi_step_loss: MAML++'s multi-step loss (see :class:`MAML`).
         multi_step_loss_epochs: epochs over which its weights anneal.
         learn_inner_lr: MAML++'s per-layer per-step learned inner learning rates.
-        strategy: ``"auto"``, ``"vmap"`` or ``"loop"``.
-        inner_precision: ``"float32"`` or ``"autocast"``: the inner loop's precision under mixed precision
-            (see :class:`~lightning_meta.learners.gradient.GradientLearner`).
-        compile_inner_loop: adapt through :func:`torch.compile`.
-        inner_optimizer: the inner update rule (default plain SGD; see :mod:`lightning_meta.inner_optim`).
         lr: learning rate of the outer optimizer.
 
     Raises:
@@ -48,17 +39,10 @@ class ANIL(MAML):
         model: nn.Module,
         *,
         head: str = "head",
-        inner_lr: float = 0.01,
-        inner_steps: int = 1,
-        eval_inner_steps: int | None = None,
-        first_order: bool = False,
+        inner_loop: InnerLoop | None = None,
         multi_step_loss: bool = False,
         multi_step_loss_epochs: int = 10,
         learn_inner_lr: bool = False,
-        strategy: StrategyChoice = "auto",
-        inner_precision: InnerPrecision = "float32",
-        compile_inner_loop: bool = False,
-        inner_optimizer: InnerOptimizer | None = None,
         lr: float = 1e-3,
     ) -> None:
         names = (
@@ -73,17 +57,10 @@ class ANIL(MAML):
         self._head_names = names
         super().__init__(
             model,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            eval_inner_steps=eval_inner_steps,
-            first_order=first_order,
+            inner_loop=inner_loop,
             multi_step_loss=multi_step_loss,
             multi_step_loss_epochs=multi_step_loss_epochs,
             learn_inner_lr=learn_inner_lr,
-            strategy=strategy,
-            inner_precision=inner_precision,
-            compile_inner_loop=compile_inner_loop,
-            inner_optimizer=inner_optimizer,
             lr=lr,
         )
 

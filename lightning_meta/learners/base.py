@@ -19,7 +19,7 @@ from typing_extensions import override
 
 from lightning_meta.checkpoint import CheckedCheckpointIO, raise_if_corrupt
 from lightning_meta.data.domain_accuracy import DomainAccuracy, log_domain_accuracy
-from lightning_meta.episode import Episode
+from lightning_meta.episode import Episode, SupportSet
 from lightning_meta.hparams import check_checkpoint_class, class_name, learner_hparams, rebuild_arguments
 from lightning_meta.metrics import EpisodeAccuracy, per_episode_accuracy, per_episode_mse
 from lightning_meta.nonfinite import ACTIONS, NonFiniteError, all_finite, describe
@@ -191,11 +191,11 @@ class MetaLearner(L.LightningModule):
             strategy.checkpoint_io = CheckedCheckpointIO()
 
     # ----------------------------------------------------------------------------------------------- method API
-    def adapt(self, support: Episode) -> Any:
+    def adapt(self, support: SupportSet) -> Any:
         """Adapt to the support set of every task of a meta-batch; returns the task states.
 
-        Only ``support_x`` and ``support_y`` may be read (the query fields are there, but looking at them is
-        cheating).
+        ``support`` is the episode's :class:`~lightning_meta.episode.SupportSet`: its support examples, labels and
+        ways, without the query, so a method cannot read the query by accident.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement adapt(support)")
 
@@ -205,7 +205,7 @@ class MetaLearner(L.LightningModule):
 
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         """The meta-loss of a meta-batch and the query predictions it was computed from."""
-        predictions = self.predict(episode.query_x, self.adapt(episode))
+        predictions = self.predict(episode.query_x, self.adapt(episode.support_set))
         return self.query_loss(predictions, episode), predictions
 
     def query_loss(self, predictions: Tensor, episode: Episode) -> Tensor:
@@ -217,7 +217,7 @@ class MetaLearner(L.LightningModule):
     @override
     def forward(self, episode: Episode) -> Tensor:
         """Adapt to each task's support set and predict its query set."""
-        return self.predict(episode.query_x, self.adapt(episode))
+        return self.predict(episode.query_x, self.adapt(episode.support_set))
 
     # ----------------------------------------------------------------------------------------------- steps
     @override

@@ -3,38 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import itertools
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
-from rich.console import Console
-from rich.table import Table
 from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_meta import functional
-from lightning_meta._checks import positive_int
-from lightning_meta.episode import Episode
-from lightning_meta.inner_optim import SGD, InnerOptimizer
-from lightning_meta.learners.base import MetaLearner, check_positive_finite, varies_in_ways
-
-StrategyChoice = Literal["auto", "vmap", "loop"]
-_STRATEGY_CHOICES = ("auto", "vmap", "loop")
-InnerPrecision = Literal["float32", "autocast"]
-_INNER_PRECISIONS = ("float32", "autocast")
-
-
-_NATIVE_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
-def has_native_batch_norm(model: nn.Module) -> bool:
-    """Whether ``model`` holds one of PyTorch's native batch norm layers (wrong second order under vmap)."""
-    return any(isinstance(m, _NATIVE_BATCH_NORMS) for m in model.modules())
+from lightning_meta.episode import Episode, SupportSet
+from lightning_meta.inner_loop import InnerLoop
+from lightning_meta.inner_optim import InnerOptimizer
+from lightning_meta.learners.auto_vectorize import AutoVectorize, has_native_batch_norm
+from lightning_meta.learners.base import MetaLearner, varies_in_ways
+from lightning_meta.summary import print_adaptation
 
 
 def task_loss(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -47,23 +32,24 @@ def task_loss(outputs: Tensor, targets: Tensor) -> Tensor:
 class GradientLearner(MetaLearner):
     """Adapts a model to each task by gradient steps on its support loss, through :mod:`lightning_meta.functional`.
 
+    How it adapts is one :class:`~lightning_meta.InnerLoop` (steps, rate, update rule, order, vectorisation,
+    precision, compilation), the same object for every gradient learner; a learner's own arguments are its method's.
+
     The inner loop runs on a dictionary of parameters through ``torch.func.functional_call``, out of place: the
     module is never mutated. The tasks of a meta-batch are adapted together under ``torch.func.vmap``
-    (``strategy="vmap"``) or one by one (``"loop"``); both give the same numbers. ``"auto"`` times both on the
-    first training meta-batches (one warm-up and one timed step each, forward, backward and optimizer step
-    included), keeps the faster, logs its choice, and saves it in checkpoints; under DDP rank 0's choice is used
-    by every rank. A model with PyTorch's native BatchNorm, or with convolutions on a CPU, goes straight to
-    ``"loop"`` (see :meth:`_vmap_ruled_out`). Before ``auto`` has chosen (e.g. ``trainer.validate`` on a fresh
-    model) evaluation loops.
+    (``vectorize="vmap"``) or one by one (``"loop"``); both give the same numbers. ``"auto"`` times both on the
+    first training meta-batches (the :class:`~lightning_meta.learners.auto_vectorize.AutoVectorize` callback, which
+    the learner adds to the Trainer itself), keeps the faster and saves the choice in checkpoints. Before ``auto``
+    has chosen (e.g. ``trainer.validate`` on a fresh model) evaluation loops.
 
-    Evaluation adapts with ``eval_inner_steps`` first-order steps (the adapted weights are the same as second
-    order; no graph to the initial weights is needed, and none is kept).
+    Evaluation adapts with ``eval_steps`` first-order steps (the adapted weights are the same as second order; no
+    graph to the initial weights is needed, and none is kept).
 
-    Mixed precision: with ``inner_precision="float32"`` (the default) the inner loop runs with autocast turned off,
-    so its gradients, and the second-order terms through them, are float32 under ``precision="bf16-mixed"`` or
+    Mixed precision: with ``precision="float32"`` (the default) the inner loop runs with autocast turned off, so its
+    gradients, and the second-order terms through them, are float32 under ``precision="bf16-mixed"`` or
     ``"16-mixed"``; only the query forward and backward run in the low precision. Measured on the CPU
     (``benchmarks/mixed_precision_meta_gradient.py``, Conv4-64, 5-way 1-shot, second order): the bf16 meta-gradient
-    is 0.6% from float32 this way against 13.6% with ``inner_precision="autocast"`` (float16: 0.16% against 6.1%).
+    is 0.6% from float32 this way against 13.6% with ``precision="autocast"`` (float16: 0.16% against 6.1%).
     ``"autocast"`` lets the inner loop run in the low precision too: faster on GPUs with bf16 tensor cores, but
     under float16 its unscaled inner gradients can underflow to zero and the loss scale can overflow the second-order
     terms (Lightning issue #12600), so keep ``"float32"`` with ``"16-mixed"``.
@@ -74,83 +60,53 @@ class GradientLearner(MetaLearner):
     rows of the head get no gradient from it). Set ``variable_ways = True`` yourself when calling the learner
     without a Trainer. It is kept in checkpoints.
 
-    Subclasses choose the adapted parameters (:meth:`adapted_names`) and the learning rates (:meth:`inner_lr`).
+    Subclasses choose the adapted parameters (:meth:`adapted_names`) and the learning rates (:meth:`inner_lr_for`),
+    and give their defaults in :attr:`default_inner_loop`.
 
     Args:
         model: the network to meta-train; it maps inputs to logits (classification) or predictions (regression).
-        inner_lr: step size of the inner loop.
-        inner_steps: inner steps during training.
-        eval_inner_steps: inner steps at validation and test (default: ``inner_steps``).
-        strategy: ``"auto"``, ``"vmap"`` or ``"loop"``.
-        inner_precision: ``"float32"`` (the inner loop ignores autocast) or ``"autocast"`` (see above).
-        compile_inner_loop: adapt through :func:`torch.compile` (see
-            :func:`~lightning_meta.functional.adapt_batch`'s ``compiled``; second order works).
-        inner_optimizer: the inner update rule (:mod:`lightning_meta.inner_optim`: ``SGD(momentum=...)``,
-            ``Adam(betas=...)``, your own); default plain SGD. It receives ``inner_lr`` (or the learned rates) at
-            every step, and is saved in checkpoints as its ``class_path``/``init_args`` config.
+        inner_loop: how it adapts (default: ``InnerLoop(**default_inner_loop)``).
         lr: learning rate of the outer optimizer.
     """
 
     adapts_with_gradients = True
-    #: training meta-batches ``auto`` spends per strategy: one warm-up, one timed.
-    auto_trial_steps = 2
+    #: whether the meta-gradient can go through the inner gradients (``InnerLoop.first_order`` then matters);
+    #: Reptile and iMAML never do
+    second_order: ClassVar[bool] = True
+    #: the InnerLoop settings used when no ``inner_loop`` is given (a subclass's defaults, e.g. Reptile's 5 steps)
+    default_inner_loop: ClassVar[dict[str, Any]] = {}
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        inner_lr: float,
-        inner_steps: int,
-        eval_inner_steps: int | None,
-        strategy: StrategyChoice,
-        inner_precision: InnerPrecision = "float32",
-        compile_inner_loop: bool = False,
-        inner_optimizer: InnerOptimizer | None = None,
-        lr: float,
-    ) -> None:
+    def __init__(self, model: nn.Module, *, inner_loop: InnerLoop | None, lr: float) -> None:
         super().__init__(lr=lr)
         name = type(self).__name__
         if not isinstance(model, nn.Module):
             raise ValueError(f"{name}: model must be a torch.nn.Module, got {type(model).__name__}.")
-        check_positive_finite(name, "inner_lr", inner_lr)
-        positive_int(name, "inner_steps", inner_steps)
-        if eval_inner_steps is not None:
-            positive_int(name, "eval_inner_steps", eval_inner_steps)
-        if strategy not in _STRATEGY_CHOICES:
-            raise ValueError(f"{name}: strategy must be one of {_STRATEGY_CHOICES}, got {strategy!r}.")
-        if inner_precision not in _INNER_PRECISIONS:
-            raise ValueError(f"{name}: inner_precision must be one of {_INNER_PRECISIONS}, got {inner_precision!r}.")
-        if not isinstance(compile_inner_loop, bool):
-            raise ValueError(f"{name}: compile_inner_loop must be True or False, got {compile_inner_loop!r}.")
-        if inner_optimizer is not None and not isinstance(inner_optimizer, InnerOptimizer):
+        if inner_loop is None:
+            inner_loop = InnerLoop(**self.default_inner_loop)
+        elif not isinstance(inner_loop, InnerLoop):
             raise ValueError(
-                f"{name}: inner_optimizer must be an InnerOptimizer of lightning_meta.inner_optim (SGD, Adam, ...) or "
-                f"None (plain SGD), got {type(inner_optimizer).__name__}."
+                f"{name}: inner_loop must be a lightning_meta.InnerLoop (e.g. InnerLoop(lr=0.4, steps=1)) or None, "
+                f"got {type(inner_loop).__name__}."
             )
-        if strategy == "vmap" and has_native_batch_norm(model):
+        if inner_loop.vectorize == "vmap" and has_native_batch_norm(model):
             raise ValueError(
-                f"{name}: strategy='vmap' with PyTorch's native BatchNorm in the model: under torch.func.vmap its "
+                f"{name}: vectorize='vmap' with PyTorch's native BatchNorm in the model: under torch.func.vmap its "
                 "second-order gradients are wrong (measured: 1e-2 relative error against the per-task loop), and "
-                "with running statistics it fails. Use strategy='loop' (or 'auto', which picks it), or replace the "
+                "with running statistics it fails. Use vectorize='loop' (or 'auto', which picks it), or replace the "
                 "BatchNorm layers with lightning_meta.models.BatchStatNorm2d, which is exact under vmap."
             )
         self.model = model
-        self.inner_lr = inner_lr
-        self.inner_steps = inner_steps
-        self.eval_inner_steps = eval_inner_steps or inner_steps
-        self.strategy = strategy
-        self.inner_precision = inner_precision
-        self.compile_inner_loop = compile_inner_loop
-        self.inner_optimizer = inner_optimizer if inner_optimizer is not None else SGD()
-        self.chosen_strategy: str | None = None if strategy == "auto" else strategy
+        self.inner_loop = inner_loop
+        #: the vectorisation adaptation uses: ``inner_loop.vectorize``, or with ``"auto"`` AutoVectorize's choice
+        #: (``None`` until it has chosen; evaluation loops meanwhile)
+        self.chosen_vectorize: str | None = None if inner_loop.vectorize == "auto" else inner_loop.vectorize
+        #: set by AutoVectorize for the training steps it times
+        self.trial_vectorize: str | None = None
         self._checked_outputs: set[tuple[int | None, tuple[int, ...]]] = set()
         #: classification episodes of varying ways: the model has as many outputs as the most ways, and each
         #: episode uses the first ``ways`` of them (set by :meth:`setup` from the data; see :meth:`keep_ways`).
         self.variable_ways = False
         self._ways: int | None = None
-        self._trial_times: dict[str, list[float]] = {"vmap": [], "loop": []}
-        self._trial_strategy: str | None = None
-        self._trial_start = 0.0
 
     # ------------------------------------------------------------------------------------------ what subclasses set
     def adapted_names(self) -> list[str] | None:
@@ -167,18 +123,16 @@ class GradientLearner(MetaLearner):
 
     def inner_lr_for(self, steps: int) -> functional.LR:
         """The learning rates of an inner loop of ``steps`` steps (a float, per parameter, or per step)."""
-        return self.inner_lr
+        return self.inner_loop.lr
 
     def inner_transform(self) -> InnerOptimizer:
         """The update rule of the inner loop (:attr:`inner_optimizer`; iMAML wraps it in a proximal term)."""
-        return self.inner_optimizer
+        return self.inner_loop.optimizer
 
     # ------------------------------------------------------------------------------------------ the inner loop
-    def current_strategy(self) -> str:
-        """The strategy the next adaptation uses."""
-        if self._trial_strategy is not None:
-            return self._trial_strategy
-        return self.chosen_strategy or "loop"
+    def current_vectorize(self) -> str:
+        """How the next adaptation vectorises the tasks: ``"vmap"`` or ``"loop"``."""
+        return self.trial_vectorize or self.chosen_vectorize or "loop"
 
     def inner_params(self) -> dict[str, Tensor]:
         """The initial (meta-learned) parameters of the model, by name."""
@@ -188,7 +142,7 @@ class GradientLearner(MetaLearner):
         """The parameters the inner loop adapts: :meth:`adapted_names`, less those with ``requires_grad=False``.
 
         A frozen parameter (a pretrained feature extractor, ``layer.requires_grad_(False)``) stays frozen in the
-        inner loop too, under every strategy, as it does in the outer step.
+        inner loop too, however it is vectorised, as it does in the outer step.
         """
         chosen = self.adapted_names()
         names = [n for n in (params if chosen is None else chosen) if params[n].requires_grad]
@@ -199,7 +153,7 @@ class GradientLearner(MetaLearner):
             )
         return names
 
-    def check_outputs(self, support: Episode) -> None:
+    def check_outputs(self, support: Episode | SupportSet) -> None:
         """Check once per episode layout that the model's outputs fit the targets, before the inner loop runs.
 
         Raises:
@@ -262,14 +216,14 @@ class GradientLearner(MetaLearner):
             )
 
     def adapt_params(
-        self, support: Episode, *, steps: int, first_order: bool, return_all: bool = False
+        self, support: Episode | SupportSet, *, steps: int, first_order: bool, return_all: bool = False
     ) -> functional.Params | list[functional.Params]:
         """Adapted parameters for every task of ``support`` (a leading task dimension on the adapted ones)."""
         self.check_outputs(support)
         self._ways = support.ways if self.variable_ways and support.is_classification else None
         params = self.inner_params()
         device = support.support_x.device.type
-        float32 = self.inner_precision == "float32" and torch.is_autocast_enabled(device)
+        float32 = self.inner_loop.precision == "float32" and torch.is_autocast_enabled(device)
         with torch.autocast(device, enabled=False) if float32 else contextlib.nullcontext():
             return functional.adapt_batch(
                 self.model,
@@ -282,8 +236,8 @@ class GradientLearner(MetaLearner):
                 first_order=first_order,
                 names=self.inner_names(params),
                 return_all=return_all,
-                strategy=self.current_strategy(),  # type: ignore[arg-type]
-                compiled=self.compile_inner_loop,
+                strategy=self.current_vectorize(),  # type: ignore[arg-type]
+                compiled=self.inner_loop.compiled,
                 optimizer=self.inner_transform(),
             )
 
@@ -299,24 +253,24 @@ class GradientLearner(MetaLearner):
         return self.support_loss(self.keep_ways(outputs), targets)
 
     @override
-    def adapt(self, support: Episode) -> functional.Params:
+    def adapt(self, support: SupportSet) -> functional.Params:
         if self.training:
-            return self.adapt_params(support, steps=self.inner_steps, first_order=self.first_order_now())  # type: ignore[return-value]
-        return self.adapt_params(support, steps=self.eval_inner_steps, first_order=True)  # type: ignore[return-value]
+            return self.adapt_params(support, steps=self.inner_loop.steps, first_order=self.first_order_now())  # type: ignore[return-value]
+        return self.adapt_params(support, steps=self.inner_loop.evaluation_steps, first_order=True)  # type: ignore[return-value]
 
     def first_order_now(self) -> bool:
-        """Whether training adaptation cuts the graph through the inner gradients."""
-        return False
+        """Whether training adaptation cuts the graph through the inner gradients (``inner_loop.first_order``)."""
+        return self.inner_loop.first_order
 
     @override
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
-        """The meta-loss of a meta-batch; the loop strategy differentiates it one task at a time.
+        """The meta-loss of a meta-batch; with ``vectorize="loop"`` it is differentiated one task at a time.
 
-        With ``strategy="loop"`` in training, each task's meta-loss is differentiated as soon as it is computed
+        With ``vectorize="loop"`` in training, each task's meta-loss is differentiated as soon as it is computed
         (:func:`~lightning_meta.functional.mean_task_by_task`), so only one task's graph is alive at a time, as in
         learn2learn's per-task ``backward()``; the returned loss carries the same meta-gradient.
         """
-        if not (self.training and torch.is_grad_enabled() and self.current_strategy() == "loop"):
+        if not (self.training and torch.is_grad_enabled() and self.current_vectorize() == "loop"):
             return self.batch_meta_loss(episode)
         predictions = []
 
@@ -335,71 +289,28 @@ class GradientLearner(MetaLearner):
 
     @override
     def predict(self, query_x: Tensor, state: Mapping[str, Tensor]) -> Tensor:
-        outputs = functional.forward_batch(self.model, state, query_x, strategy=self.current_strategy())  # type: ignore[arg-type]
+        outputs = functional.forward_batch(self.model, state, query_x, strategy=self.current_vectorize())  # type: ignore[arg-type]
         return self.keep_ways(outputs)
 
-    # ------------------------------------------------------------------------------------------ strategy "auto"
-    def _vmap_ruled_out(self) -> str | None:
-        """Why ``auto`` must not try vmap on this model and device, or ``None``.
+    @override
+    def configure_callbacks(self) -> list[Callback]:
+        """With ``vectorize="auto"``, the AutoVectorize callback that times vmap and loop.
 
-        * PyTorch's native BatchNorm: with running statistics it refuses vmap in training mode; without them its
-          second-order gradients under vmap are wrong (measured against learn2learn in float64: 2e-3 relative error,
-          the loop 1e-15). Our backbones use :class:`~lightning_meta.models.BatchStatNorm2d` instead.
-        * Convolutions on a CPU: vmap makes them grouped convolutions and keeps every task's activations. Measured
-          with ``benchmarks/maml_throughput.py`` (Conv4-32, 84x84, 5-way 1-shot, second order): vmap was 2x slower
-          than the per-task loop and took 28x its memory (15 GB more at a meta-batch of 32).
+        A subclass that overrides this keeps it: ``return [*super().configure_callbacks(), ...]``.
         """
-        if has_native_batch_norm(self.model):
-            return "the model has PyTorch's native BatchNorm, whose second-order gradients under vmap are wrong"
-        if self.device.type == "cpu" and any(isinstance(m, _CONVOLUTIONS) for m in self.model.modules()):
-            return (
-                "the model has convolutions and runs on the CPU, where vmap is slower and holds every task's "
-                "activations at once"
-            )
-        return None
-
-    @override
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.chosen_strategy is not None:
-            return
-        reason = self._vmap_ruled_out()
-        if reason is not None:
-            self.chosen_strategy = "loop"
-            rank_zero_info(f"{type(self).__name__}(strategy='auto') adapts with 'loop': {reason}.")
-            return
-        done = sum(len(t) for t in self._trial_times.values())
-        self._trial_strategy = ("vmap", "loop")[done % 2]
-        self._trial_start = time.perf_counter()
-
-    @override
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._trial_strategy is None:
-            return
-        self._trial_times[self._trial_strategy].append(time.perf_counter() - self._trial_start)
-        self._trial_strategy = None
-        if all(len(t) >= self.auto_trial_steps for t in self._trial_times.values()):
-            timed = {s: min(t[1:]) for s, t in self._trial_times.items()}  # first of each was the warm-up
-            choice = min(timed, key=timed.__getitem__)
-            if self._trainer is not None:
-                choice = self.trainer.strategy.broadcast(choice, src=0)
-            self.chosen_strategy = choice
-            rank_zero_info(
-                f"{type(self).__name__}(strategy='auto') adapts with {choice!r}: "
-                + ", ".join(f"{s} {t * 1e3:.1f} ms" for s, t in timed.items())
-                + " per training step."
-            )
+        return [AutoVectorize()] if self.inner_loop.vectorize == "auto" else []
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["chosen_strategy"] = self.chosen_strategy
+        checkpoint["chosen_vectorize"] = self.chosen_vectorize
         checkpoint["variable_ways"] = self.variable_ways
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        if self.strategy == "auto":
-            self.chosen_strategy = checkpoint.get("chosen_strategy")
+        if self.inner_loop.vectorize == "auto":
+            self.chosen_vectorize = checkpoint.get("chosen_vectorize", checkpoint.get("chosen_strategy"))
         self.variable_ways = self.variable_ways or bool(checkpoint.get("variable_ways", False))
 
     # ------------------------------------------------------------------------------------------ reporting
@@ -448,24 +359,6 @@ class GradientLearner(MetaLearner):
     ) -> dict[int, float]:
         """Print (and return) the query loss before and after adaptation on the validation episodes.
 
-        Args:
-            datamodule: an :class:`~lightning_meta.data.EpisodicDataModule` with validation data.
-            steps: numbers of inner steps to report (default: 0, 1 and ``eval_inner_steps``).
-            max_batches: use only the first validation meta-batches (the CLI passes the number the Trainer's
-                validation used, so ``fast_dev_run`` and ``limit_val_batches`` hold here too).
+        See :func:`lightning_meta.summary.print_adaptation` (what ``lightning-meta fit`` prints at the end).
         """
-        loader = datamodule.val_dataloader()
-        if not loader or max_batches == 0:
-            return {}
-        batches = list(itertools.islice(loader, max_batches))
-        steps = steps or sorted({0, 1, self.eval_inner_steps})
-        curve = self.adaptation_curve(batches, steps)
-        metric = "query cross-entropy" if batches[0].is_classification else "query MSE"
-        tasks = sum(batch.n_tasks for batch in batches)
-        table = Table(title=f"{type(self).__name__}, {tasks} validation tasks")
-        table.add_column("inner steps", justify="right")
-        table.add_column(metric, justify="right")
-        for k, value in curve.items():
-            table.add_row(f"{k}" + (" (before adaptation)" if k == 0 else ""), f"{value:.4f}")
-        Console().print(table)
-        return curve
+        return print_adaptation(self, datamodule, steps=steps, max_batches=max_batches)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -14,8 +14,9 @@ from typing_extensions import override
 from lightning_meta import functional
 from lightning_meta._checks import positive_int
 from lightning_meta.episode import Episode
+from lightning_meta.inner_loop import InnerLoop
 from lightning_meta.inner_optim import InnerOptimizer, Proximal
-from lightning_meta.learners.gradient import GradientLearner, InnerPrecision, StrategyChoice
+from lightning_meta.learners.gradient import GradientLearner
 
 
 class IMAML(GradientLearner):
@@ -26,31 +27,27 @@ class IMAML(GradientLearner):
 
         ``min_phi L_support(phi) + lam / 2 * ||phi - theta||^2``
 
-    with ``inner_steps`` steps of the inner optimizer (:class:`~lightning_meta.inner_optim.Proximal` around
-    ``inner_optimizer``). At the solution, ``d phi / d theta = (I + H / lam)^-1`` with ``H`` the Hessian of the
+    with ``inner_loop.steps`` steps of the inner optimizer (:class:`~lightning_meta.inner_optim.Proximal` around
+    ``inner_loop.optimizer``). At the solution, ``d phi / d theta = (I + H / lam)^-1`` with ``H`` the Hessian of the
     support loss at ``phi`` (implicit function theorem), so the meta-gradient of the query loss is
     ``v = (I + H / lam)^-1 g``, ``g`` the query loss's gradient at ``phi``. ``v`` is computed by ``cg_steps``
     steps of conjugate gradient on Hessian-vector products (double backward through one support forward at
-    ``phi``). The inner steps run without a graph: memory does not grow with ``inner_steps``.
+    ``phi``). The inner steps run without a graph: memory does not grow with their number.
 
     The meta-gradient reaches Lightning through the surrogate loss ``query_loss + sum_t <theta, stopgrad(v_t)> -
     stopgrad(...)``: its value is the query loss, its gradient ``sum_t v_t`` (``g`` already carries the mean over
     tasks), so automatic optimization, clipping, accumulation, AMP and DDP's all-reduce work unchanged. Every
     trainable parameter adapts (frozen ones stay frozen and receive no gradient). Evaluation adapts with the same
-    proximal inner loop (``eval_inner_steps`` steps).
+    proximal inner loop (``inner_loop.eval_steps`` steps).
 
     Args:
         model: the network to meta-train.
-        inner_lr: step size of the inner optimizer.
-        inner_steps: inner steps during training (memory does not depend on it).
-        eval_inner_steps: inner steps at validation and test (default: ``inner_steps``).
+        inner_loop: how it adapts (:class:`~lightning_meta.InnerLoop`; default ``InnerLoop(lr=0.01, steps=5)``): its
+            ``optimizer`` solves the proximal problem (wrapped in :class:`~lightning_meta.inner_optim.Proximal`),
+            its steps run without a graph (memory does not depend on them), and with ``precision="float32"`` the
+            Hessian-vector products and the query gradient also run in float32.
         lam: the proximal regularisation strength lambda, > 0 (larger: ``phi`` stays closer to ``theta``).
         cg_steps: conjugate-gradient iterations for ``(I + H / lam) v = g``.
-        strategy: ``"auto"``, ``"vmap"`` or ``"loop"`` (see :class:`GradientLearner`).
-        inner_precision: ``"float32"`` or ``"autocast"`` (see :class:`GradientLearner`); with ``"float32"`` the
-            Hessian-vector products and the query gradient also run in float32.
-        compile_inner_loop: run the inner steps through :func:`torch.compile`.
-        inner_optimizer: the rule that solves the proximal problem (default plain SGD).
         lr: learning rate of the outer optimizer (Adam).
 
     Raises:
@@ -58,9 +55,9 @@ class IMAML(GradientLearner):
 
     Example:
         >>> import torch
-        >>> from lightning_meta import Episode
+        >>> from lightning_meta import Episode, InnerLoop
         >>> from lightning_meta.models import MLP
-        >>> imaml = IMAML(MLP(hidden=(8,)), inner_lr=0.1, inner_steps=5, lam=1.0, strategy="vmap")
+        >>> imaml = IMAML(MLP(hidden=(8,)), inner_loop=InnerLoop(lr=0.1, steps=5, vectorize="vmap"), lam=1.0)
         >>> x = torch.randn(3, 10, 1)
         >>> loss, predictions = imaml.meta_loss(Episode(x, torch.sin(x), x, torch.sin(x), batched=True))
         >>> loss.backward()
@@ -68,38 +65,25 @@ class IMAML(GradientLearner):
         (torch.Size([3, 10, 1]), torch.Size([1, 8]))
     """
 
+    default_inner_loop: ClassVar[dict[str, Any]] = {"steps": 5}
+    second_order: ClassVar[bool] = False
+
     def __init__(
         self,
         model: nn.Module,
         *,
-        inner_lr: float = 0.01,
-        inner_steps: int = 5,
-        eval_inner_steps: int | None = None,
+        inner_loop: InnerLoop | None = None,
         lam: float = 1.0,
         cg_steps: int = 5,
-        strategy: StrategyChoice = "auto",
-        inner_precision: InnerPrecision = "float32",
-        compile_inner_loop: bool = False,
-        inner_optimizer: InnerOptimizer | None = None,
         lr: float = 1e-3,
     ) -> None:
-        super().__init__(
-            model,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            eval_inner_steps=eval_inner_steps,
-            strategy=strategy,
-            inner_precision=inner_precision,
-            compile_inner_loop=compile_inner_loop,
-            inner_optimizer=inner_optimizer,
-            lr=lr,
-        )
+        super().__init__(model, inner_loop=inner_loop, lr=lr)
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (lam > 0 and math.isfinite(lam)):
             raise ValueError(f"IMAML: lam must be a positive finite number, got {lam!r}.")
         positive_int("IMAML", "cg_steps", cg_steps)
         self.lam = float(lam)
         self.cg_steps = cg_steps
-        self.proximal = Proximal(self.inner_optimizer, lam=self.lam)
+        self.proximal = Proximal(self.inner_loop.optimizer, lam=self.lam)
         self.save_learner_hyperparameters()
 
     @override
@@ -110,7 +94,7 @@ class IMAML(GradientLearner):
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         """The query loss at the proximal solutions, carrying iMAML's meta-gradient (see the class documentation).
 
-        With ``strategy="loop"`` the implicit part (query gradient, Hessian-vector products, conjugate gradient)
+        With ``vectorize="loop"`` the implicit part (query gradient, Hessian-vector products, conjugate gradient)
         runs one task at a time, so one task's graph is alive at a time; with ``"vmap"`` all tasks at once.
         """
         if not (self.training and torch.is_grad_enabled()):
@@ -118,11 +102,11 @@ class IMAML(GradientLearner):
         theta = self.inner_params()
         names = self.inner_names(theta)
         with torch.no_grad():  # the proximal inner loop: no graph, whatever the number of steps
-            phi = cast(functional.Params, self.adapt_params(episode, steps=self.inner_steps, first_order=True))
+            phi = cast(functional.Params, self.adapt_params(episode, steps=self.inner_loop.steps, first_order=True))
         fixed = {n: t.detach() for n, t in theta.items() if n not in names}
         device = episode.support_x.device.type
-        float32 = self.inner_precision == "float32" and torch.is_autocast_enabled(device)
-        if self.current_strategy() == "loop":
+        float32 = self.inner_loop.precision == "float32" and torch.is_autocast_enabled(device)
+        if self.current_vectorize() == "loop":
             parts = [
                 self._implicit(Episode.stack([task]), fixed, {n: phi[n][i : i + 1] for n in names}, float32)
                 for i, task in enumerate(episode)
@@ -157,7 +141,7 @@ class IMAML(GradientLearner):
                 self.model,
                 {**fixed, **fast},
                 episode.support_x,
-                strategy=self.current_strategy(),  # type: ignore[arg-type]
+                strategy=self.current_vectorize(),  # type: ignore[arg-type]
             )
             support_loss: Tensor = sum(  # type: ignore[assignment]
                 self.support_loss(self.keep_ways(out), y) for out, y in zip(outputs, episode.support_y, strict=True)

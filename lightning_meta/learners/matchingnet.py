@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_meta._checks import positive_int
-from lightning_meta.episode import Episode
+from lightning_meta.episode import SupportSet
 from lightning_meta.functional import embed
 from lightning_meta.learners.base import MetaLearner
 
@@ -95,7 +95,7 @@ class MatchingNet(MetaLearner):
             self.query_lstm = nn.LSTMCell(dim, dim)
 
     @override
-    def adapt(self, support: Episode) -> tuple[Tensor, Tensor]:
+    def adapt(self, support: SupportSet) -> tuple[Tensor, Tensor]:
         """Support embeddings ``[n_tasks, n_support, features]`` and one-hot labels ``[n_tasks, n_support, ways]``."""
         if support.ways is None:
             raise ValueError("MatchingNet: episodes must be classification episodes (ways set), got ways=None.")

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_meta.episode import Episode
+from lightning_meta.episode import SupportSet
 from lightning_meta.functional import class_means, embed
 from lightning_meta.learners.base import MetaLearner
 
@@ -65,7 +65,7 @@ class ProtoNet(MetaLearner):
         self.scale = scale
 
     @override
-    def adapt(self, support: Episode) -> Tensor:
+    def adapt(self, support: SupportSet) -> Tensor:
         """Prototypes ``[n_tasks, ways, features]``: the mean support embedding of each class."""
         if support.ways is None:
             raise ValueError("ProtoNet: episodes must be classification episodes (ways set), got ways=None.")

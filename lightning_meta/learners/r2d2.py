@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
-from lightning_meta.episode import Episode
+from lightning_meta.episode import SupportSet
 from lightning_meta.functional import embed
 from lightning_meta.learners.base import MetaLearner
 
@@ -114,7 +114,7 @@ class R2D2(MetaLearner):
         return torch.cat([features, features.new_ones(*features.shape[:-1], 1)], dim=-1)
 
     @override
-    def adapt(self, support: Episode) -> Tensor:
+    def adapt(self, support: SupportSet) -> Tensor:
         """Ridge-regression weights ``[n_tasks, features + 1, ways]`` fitted to each task's support set."""
         if support.ways is None:
             raise ValueError("R2D2: episodes must be classification episodes (ways set), got ways=None.")

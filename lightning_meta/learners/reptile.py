@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -10,15 +10,15 @@ from typing_extensions import override
 
 from lightning_meta.episode import Episode
 from lightning_meta.functional import Params
-from lightning_meta.inner_optim import InnerOptimizer
-from lightning_meta.learners.gradient import GradientLearner, InnerPrecision, StrategyChoice
+from lightning_meta.inner_loop import InnerLoop
+from lightning_meta.learners.gradient import GradientLearner
 
 
 class Reptile(GradientLearner):
     """Reptile: move the initial weights towards the weights each task's inner loop reaches.
 
     Nichol, Achiam and Schulman, "On First-Order Meta-Learning Algorithms", 2018. Each task adapts
-    ``theta`` with ``inner_steps`` first-order SGD steps on its support set, reaching ``phi``; the outer update is
+    ``theta`` with ``inner_loop.steps`` first-order steps on its support set, reaching ``phi``; the outer update is
     ``theta <- theta + lr * mean(phi - theta)``. Here that update is the gradient of the surrogate loss
     ``0.5 * mean_tasks ||theta - stopgrad(phi)||^2`` (its gradient is ``theta - mean(phi)``), returned from
     ``training_step``, so automatic optimization, mixed precision, clipping, accumulation and DDP work unchanged.
@@ -28,21 +28,16 @@ class Reptile(GradientLearner):
 
     Args:
         model: the network to meta-train.
-        inner_lr: inner-loop SGD step size.
-        inner_steps: inner steps during training.
-        eval_inner_steps: inner steps at validation and test (default: ``inner_steps``).
-        strategy: ``"auto"``, ``"vmap"`` or ``"loop"``.
-        inner_precision: ``"float32"`` or ``"autocast"``: the inner loop's precision under mixed precision
-            (see :class:`~lightning_meta.learners.gradient.GradientLearner`).
-        compile_inner_loop: adapt through :func:`torch.compile`.
-        inner_optimizer: the inner update rule (default plain SGD; see :mod:`lightning_meta.inner_optim`).
+        inner_loop: how it adapts (:class:`~lightning_meta.InnerLoop`; default ``InnerLoop(lr=0.01, steps=5)``).
+            Reptile always adapts first order. The paper's Omniglot and mini-ImageNet settings adapt with
+            ``optimizer=Adam(betas=(0.0, 0.999))``.
         lr: outer step size (SGD learning rate).
 
     Example:
         >>> import torch
-        >>> from lightning_meta import Episode
+        >>> from lightning_meta import Episode, InnerLoop
         >>> from lightning_meta.models import MLP
-        >>> reptile = Reptile(MLP(), inner_lr=0.01, inner_steps=3, strategy="loop")
+        >>> reptile = Reptile(MLP(), inner_loop=InnerLoop(lr=0.01, steps=3, vectorize="loop"))
         >>> x = torch.randn(2, 10, 1)
         >>> surrogate, predictions = reptile.meta_loss(Episode(x, torch.sin(x), x, torch.sin(x), batched=True))
         >>> surrogate.backward()
@@ -50,30 +45,17 @@ class Reptile(GradientLearner):
         torch.Size([2, 10, 1])
     """
 
+    default_inner_loop: ClassVar[dict[str, Any]] = {"steps": 5}
+    second_order: ClassVar[bool] = False
+
     def __init__(
         self,
         model: nn.Module,
         *,
-        inner_lr: float = 0.01,
-        inner_steps: int = 5,
-        eval_inner_steps: int | None = None,
-        strategy: StrategyChoice = "auto",
-        inner_precision: InnerPrecision = "float32",
-        compile_inner_loop: bool = False,
-        inner_optimizer: InnerOptimizer | None = None,
+        inner_loop: InnerLoop | None = None,
         lr: float = 1.0,
     ) -> None:
-        super().__init__(
-            model,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            eval_inner_steps=eval_inner_steps,
-            strategy=strategy,
-            inner_precision=inner_precision,
-            compile_inner_loop=compile_inner_loop,
-            inner_optimizer=inner_optimizer,
-            lr=lr,
-        )
+        super().__init__(model, inner_loop=inner_loop, lr=lr)
         self.save_learner_hyperparameters()
 
     @override
@@ -82,7 +64,7 @@ class Reptile(GradientLearner):
             return super().meta_loss(episode)
         theta = self.inner_params()
         with torch.no_grad():
-            phi = cast(Params, self.adapt_params(episode, steps=self.inner_steps, first_order=True))
+            phi = cast(Params, self.adapt_params(episode, steps=self.inner_loop.steps, first_order=True))
             predictions = self.predict(episode.query_x, phi)
             if self._trainer is not None:
                 self.log("train/query_loss", self.query_loss(predictions, episode), batch_size=episode.n_tasks)

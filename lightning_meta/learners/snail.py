@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lightning_meta._checks import positive_int
-from lightning_meta.episode import Episode
+from lightning_meta.episode import SupportSet
 from lightning_meta.functional import embed
 from lightning_meta.learners.base import MetaLearner, varies_in_ways
 from lightning_meta.learners.matchingnet import output_features
@@ -237,7 +237,7 @@ class SNAIL(MetaLearner):
         self._ways: int | None = None
 
     @override
-    def adapt(self, support: Episode) -> Tensor:
+    def adapt(self, support: SupportSet) -> Tensor:
         """The support sequence through every block: ``[n_tasks, n_support, channels]`` (the queries' context).
 
         Each block concatenates its inputs with new features, so this one tensor holds every block's support inputs

@@ -39,7 +39,7 @@ def png(path) -> Image.Image:
 
 def test_gradient_learner_logs_query_accuracy_after_each_number_of_steps_and_draws_a_png_per_epoch(tmp_path):
     torch.manual_seed(0)
-    learner = image_maml(eval_inner_steps=1)
+    learner = image_maml(eval_steps=1)
     logger = CSVLogger(tmp_path)
     curve = AdaptationCurve(steps=(0, 1, 3), episodes=10)
     trainer = quiet_trainer(tmp_path, max_epochs=2, logger=logger, callbacks=[curve])

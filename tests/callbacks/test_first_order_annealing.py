@@ -6,6 +6,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
+from lightning_meta import InnerLoop
 from lightning_meta.callbacks import FirstOrderAnnealing
 from lightning_meta.learners import MAML, Reptile
 from lightning_meta.models import MLP
@@ -31,7 +32,7 @@ class OrderSpy(MAML):
 
 def test_training_adapts_first_order_before_the_switch_and_second_order_after_it(tmp_path):
     torch.manual_seed(0)
-    learner = OrderSpy(MLP(hidden=(8,)), strategy="vmap")
+    learner = OrderSpy(MLP(hidden=(8,)), inner_loop=InnerLoop(vectorize="vmap"))
     learner.orders = []
     logger = CSVLogger(tmp_path)
     recorder = ScheduleRecorder()
@@ -57,13 +58,13 @@ def test_a_resumed_run_anneals_exactly_as_the_uninterrupted_one(tmp_path, stop_s
 def test_second_order_epoch_zero_trains_second_order_throughout(tmp_path):
     learner = sinusoid_maml(first_order=True)
     quiet_trainer(tmp_path, callbacks=[FirstOrderAnnealing(second_order_epoch=0)]).fit(learner, sinusoid_datamodule())
-    assert learner.first_order is False
+    assert learner.inner_loop.first_order is False
 
 
 def test_a_learner_without_first_order_is_refused_by_name(tmp_path):
     trainer = quiet_trainer(tmp_path, callbacks=[FirstOrderAnnealing()])
-    with pytest.raises(ValueError, match=r"FirstOrderAnnealing sets the learner's first_order attribute .*Reptile has"):
-        trainer.fit(Reptile(MLP(hidden=(8,)), strategy="vmap"), sinusoid_datamodule())
+    with pytest.raises(ValueError, match=r"FirstOrderAnnealing: Reptile always adapts first order"):
+        trainer.fit(Reptile(MLP(hidden=(8,)), inner_loop=InnerLoop(vectorize="vmap")), sinusoid_datamodule())
 
 
 @pytest.mark.parametrize("value", [-1, 2.0, True, None])

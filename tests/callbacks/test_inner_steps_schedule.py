@@ -6,6 +6,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
+from lightning_meta import InnerLoop
 from lightning_meta.callbacks import FirstOrderAnnealing, InnerStepsSchedule
 from lightning_meta.learners import MAML, ProtoNet
 from lightning_meta.models import MLP
@@ -29,7 +30,7 @@ class StepsSpy(MAML):
 
 def test_training_takes_the_scheduled_number_of_inner_steps_and_evaluation_keeps_its_own(tmp_path):
     torch.manual_seed(0)
-    learner = StepsSpy(MLP(hidden=(8,)), inner_steps=5, eval_inner_steps=2, strategy="vmap")
+    learner = StepsSpy(MLP(hidden=(8,)), inner_loop=InnerLoop(steps=5, eval_steps=2, vectorize="vmap"))
     learner.train_steps, learner.eval_steps = [], []
     logger = CSVLogger(tmp_path)
     schedule = InnerStepsSchedule(milestones={0: 1, 1: 3, 2: 4})
@@ -56,12 +57,14 @@ def test_a_learner_without_inner_steps_is_refused_by_name(tmp_path):
     from tests.helpers.callback_runs import image_datamodule
 
     trainer = quiet_trainer(tmp_path, callbacks=[InnerStepsSchedule(milestones={0: 2})])
-    with pytest.raises(ValueError, match=r"InnerStepsSchedule sets the learner's inner_steps attribute .*ProtoNet has"):
+    with pytest.raises(
+        ValueError, match=r"InnerStepsSchedule sets the learner's inner_loop.steps .*ProtoNet has neither"
+    ):
         trainer.fit(ProtoNet(torch.nn.Flatten()), image_datamodule())
 
 
 def test_more_steps_than_maml_plus_plus_has_learned_rates_for_is_refused(tmp_path):
-    learner = sinusoid_maml(inner_steps=2, learn_inner_lr=True)
+    learner = sinusoid_maml(steps=2, learn_inner_lr=True)
     trainer = quiet_trainer(tmp_path, callbacks=[InnerStepsSchedule(milestones={0: 1, 1: 3})])
     with pytest.raises(ValueError, match=r"learned rates for 2 inner steps, but milestones ask for up to 3"):
         trainer.fit(learner, sinusoid_datamodule())

@@ -35,7 +35,7 @@ def test_a_run_with_meta_test_ends_with_the_same_weights_as_one_without(tmp_path
 
     def fit(callbacks: list) -> dict[str, torch.Tensor]:
         torch.manual_seed(0)
-        learner = image_protonet(dropout=0.3) if name == "protonet" else image_maml(dropout=0.3, strategy="loop")
+        learner = image_protonet(dropout=0.3) if name == "protonet" else image_maml(dropout=0.3, vectorize="loop")
         recorder = TrainingModeRecorder()
         quiet_trainer(tmp_path, max_epochs=2, callbacks=[*callbacks, recorder]).fit(learner, image_datamodule())
         assert recorder.modes and all(recorder.modes)  # training always ran in training mode

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from lightning_meta import InnerLoop
 from lightning_meta.data import EpisodicDataModule, Learn2LearnTasks
 from lightning_meta.data.learn2learn import split_task, support_mask
 from lightning_meta.data.omniglot import load_omniglot_images
@@ -247,7 +248,7 @@ def test_maml_fits_learn2learn_omniglot_tasks_with_learn2learns_omniglotcnn(omni
     torch.manual_seed(0)
     model = l2l.vision.models.OmniglotCNN(output_size=ways, hidden_size=16)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    learner = MAML(model, inner_lr=0.4, inner_steps=1, strategy="loop", lr=1e-3)
+    learner = MAML(model, inner_loop=InnerLoop(lr=0.4, steps=1, vectorize="loop"), lr=1e-3)
     trainer = L.Trainer(accelerator="cpu", max_steps=3, default_root_dir=tmp_path, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     trainer.fit(learner, data)

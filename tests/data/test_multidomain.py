@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import TensorDataset
 
-from lightning_meta import Episode
+from lightning_meta import Episode, InnerLoop
 from lightning_meta.data import EpisodeDataset, EpisodicDataModule, MultiDomainTasks, VariableEpisodes
 from lightning_meta.models import Conv4
 from tests.helpers.multidomain import (
@@ -276,11 +276,11 @@ def variable_learners() -> dict:
         return Conv4(in_channels=3, hidden=8, image_size=16, out_features=out)
 
     return {
-        "maml": lambda: MAML(conv(10), inner_lr=0.05, inner_steps=1, strategy="loop", lr=0.01),
-        "anil": lambda: ANIL(conv(10), inner_lr=0.05, strategy="loop", lr=0.01),
-        "metasgd": lambda: MetaSGD(conv(10), inner_lr=0.05, strategy="loop", lr=0.01),
-        "reptile": lambda: Reptile(conv(10), inner_lr=0.05, inner_steps=1, strategy="loop", lr=0.5),
-        "imaml": lambda: IMAML(conv(10), inner_lr=0.05, inner_steps=2, cg_steps=2, strategy="loop", lr=0.01),
+        "maml": lambda: MAML(conv(10), inner_loop=InnerLoop(lr=0.05, steps=1, vectorize="loop"), lr=0.01),
+        "anil": lambda: ANIL(conv(10), inner_loop=InnerLoop(lr=0.05, vectorize="loop"), lr=0.01),
+        "metasgd": lambda: MetaSGD(conv(10), inner_loop=InnerLoop(lr=0.05, vectorize="loop"), lr=0.01),
+        "reptile": lambda: Reptile(conv(10), inner_loop=InnerLoop(lr=0.05, steps=1, vectorize="loop"), lr=0.5),
+        "imaml": lambda: IMAML(conv(10), inner_loop=InnerLoop(lr=0.05, steps=2, vectorize="loop"), cg_steps=2, lr=0.01),
         "protonet": lambda: DomainProtoNet(conv(), lr=0.01),
         "matchingnet": lambda: MatchingNet(conv(), embedding_dim=32, lr=0.01),
         "r2d2": lambda: R2D2(conv(), lr=0.01),

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from lightning_meta import Episode
+from lightning_meta import Episode, InnerLoop
 from lightning_meta.data import EpisodicDataModule, Sinusoid
 from lightning_meta.learners import MAML, GradientLearner, ProtoNet
 from lightning_meta.models import MLP
@@ -40,10 +40,10 @@ def sinusoid_datamodule(**kwargs) -> EpisodicDataModule:
     return EpisodicDataModule(Sinusoid(), Sinusoid(), Sinusoid(), **{**defaults, **kwargs})
 
 
-def image_maml(*, dropout: float = 0.0, **kwargs) -> MAML:
+def image_maml(*, dropout: float = 0.0, **inner_loop) -> MAML:
+    """A small MAML on 16x16 images; keywords are InnerLoop settings over lr 0.5, one step, vmap."""
     model = nn.Sequential(nn.Flatten(), nn.Linear(256, 32), nn.ReLU(), nn.Dropout(dropout), nn.Linear(32, WAYS))
-    defaults = dict(inner_lr=0.5, inner_steps=1, strategy="vmap", lr=1e-2)
-    return MAML(model, **{**defaults, **kwargs})
+    return MAML(model, inner_loop=InnerLoop(**{"lr": 0.5, "steps": 1, "vectorize": "vmap", **inner_loop}), lr=1e-2)
 
 
 def image_protonet(*, dropout: float = 0.0) -> ProtoNet:
@@ -52,9 +52,10 @@ def image_protonet(*, dropout: float = 0.0) -> ProtoNet:
     return ProtoNet(backbone, lr=1e-2)
 
 
-def sinusoid_maml(**kwargs) -> MAML:
-    defaults = dict(inner_lr=0.01, inner_steps=1, strategy="vmap", lr=1e-2)
-    return MAML(MLP(hidden=(16,)), **{**defaults, **kwargs})
+def sinusoid_maml(*, learn_inner_lr: bool = False, **inner_loop) -> MAML:
+    """A small sinusoid MAML; keywords are InnerLoop settings over lr 0.01, one step, vmap."""
+    settings = {"lr": 0.01, "steps": 1, "vectorize": "vmap", **inner_loop}
+    return MAML(MLP(hidden=(16,)), inner_loop=InnerLoop(**settings), learn_inner_lr=learn_inner_lr, lr=1e-2)
 
 
 def quiet_trainer(tmp_path: Path, **kwargs) -> L.Trainer:
@@ -105,7 +106,7 @@ class ScheduleRecorder(L.Callback):
         self.seen: list[tuple[int, bool, int]] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.seen.append((trainer.current_epoch, pl_module.first_order, pl_module.inner_steps))
+        self.seen.append((trainer.current_epoch, pl_module.inner_loop.first_order, pl_module.inner_loop.steps))
 
 
 def fit_interrupted_and_resumed(tmp_path: Path, make_callbacks, *, stop_step: int, max_epochs: int = 4):

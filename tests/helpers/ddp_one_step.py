@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
+from lightning_meta import InnerLoop
 from lightning_meta.data import EpisodicDataModule, Sinusoid
 from lightning_meta.distributed import end_process_group
 from lightning_meta.learners import ANIL, MAML, R2D2, SNAIL, MatchingNet, MetaLearner, MetaSGD, ProtoNet, Reptile
@@ -28,14 +29,18 @@ def blobs() -> TensorDataset:
 
 
 LEARNERS: dict[str, Callable[[], MetaLearner]] = {
-    "maml_vmap": lambda: MAML(MLP(hidden=(16,)), inner_lr=0.05, inner_steps=2, strategy="vmap", lr=0.01),
-    "maml_loop": lambda: MAML(MLP(hidden=(16,)), inner_lr=0.05, inner_steps=2, strategy="loop", lr=0.01),
+    "maml_vmap": lambda: MAML(MLP(hidden=(16,)), inner_loop=InnerLoop(lr=0.05, steps=2, vectorize="vmap"), lr=0.01),
+    "maml_loop": lambda: MAML(MLP(hidden=(16,)), inner_loop=InnerLoop(lr=0.05, steps=2, vectorize="loop"), lr=0.01),
     "maml++": lambda: MAML(
-        MLP(hidden=(16,)), inner_steps=2, multi_step_loss=True, learn_inner_lr=True, lr=0.01, strategy="vmap"
+        MLP(hidden=(16,)),
+        inner_loop=InnerLoop(steps=2, vectorize="vmap"),
+        multi_step_loss=True,
+        learn_inner_lr=True,
+        lr=0.01,
     ),  # fmt: skip
-    "anil": lambda: ANIL(MLP(hidden=(16,)), inner_lr=0.05, strategy="vmap", lr=0.01),
-    "metasgd": lambda: MetaSGD(MLP(hidden=(16,)), inner_lr=0.05, strategy="loop", lr=0.01),
-    "reptile": lambda: Reptile(MLP(hidden=(16,)), inner_lr=0.05, inner_steps=2, strategy="vmap", lr=0.5),
+    "anil": lambda: ANIL(MLP(hidden=(16,)), inner_loop=InnerLoop(lr=0.05, vectorize="vmap"), lr=0.01),
+    "metasgd": lambda: MetaSGD(MLP(hidden=(16,)), inner_loop=InnerLoop(lr=0.05, vectorize="loop"), lr=0.01),
+    "reptile": lambda: Reptile(MLP(hidden=(16,)), inner_loop=InnerLoop(lr=0.05, steps=2, vectorize="vmap"), lr=0.5),
     "protonet": lambda: ProtoNet(MLP(in_features=4, hidden=(16,), out_features=8), lr=0.01),
     "matchingnet": lambda: MatchingNet(MLP(in_features=4, hidden=(16,), out_features=8), embedding_dim=8, lr=0.01),
     "r2d2": lambda: R2D2(MLP(in_features=4, hidden=(16,), out_features=8), lr=0.01),

@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from typing_extensions import override
 
+from lightning_meta import InnerLoop
 from lightning_meta.learners import MAML, MetaLearner
 from tests.helpers.ddp_one_step import LEARNERS, datamodule
 from tests.helpers.trainers import quiet_trainer
@@ -33,7 +34,9 @@ from tests.helpers.user_models import WideSineMAML, sequential_regressor
 #: Every learner, plus the two ways users bring their own model (no config recorded: nothing to rebuild from).
 RESUMED: dict[str, Any] = {
     **LEARNERS,
-    "maml_sequential": lambda: MAML(sequential_regressor(), inner_lr=0.05, inner_steps=2, strategy="vmap", lr=0.01),
+    "maml_sequential": lambda: MAML(
+        sequential_regressor(), inner_loop=InnerLoop(lr=0.05, steps=2, vectorize="vmap"), lr=0.01
+    ),
     "user_subclass": lambda: WideSineMAML(width=12),
 }
 

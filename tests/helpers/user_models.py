@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from lightning_meta import InnerLoop
 from lightning_meta.learners import MAML
 
 
@@ -21,5 +22,5 @@ class WideSineMAML(MAML):
 
     def __init__(self, *, width: int = 16, dropout: float = 0.0, inner_lr: float = 0.05, lr: float = 0.01) -> None:
         module = nn.Sequential(nn.Linear(1, width), nn.Tanh(), nn.Dropout(dropout), nn.Linear(width, 1))
-        super().__init__(module, inner_lr=inner_lr, inner_steps=2, strategy="loop", lr=lr)
+        super().__init__(module, inner_loop=InnerLoop(lr=inner_lr, steps=2, vectorize="loop"), lr=lr)
         self.width = width

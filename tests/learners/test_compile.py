@@ -7,7 +7,7 @@ import gc
 import pytest
 import torch
 
-from lightning_meta import Episode
+from lightning_meta import Episode, InnerLoop
 from lightning_meta.learners import MAML
 from lightning_meta.models import MLP
 
@@ -30,8 +30,8 @@ def reset_compiled_functions():
 
 def _meta_loss_and_gradient(strategy: str, first_order: bool, compile_inner_loop: bool) -> tuple[float, torch.Tensor]:
     torch.manual_seed(0)
-    learner = MAML(MLP(hidden=(16, 16)), inner_lr=0.05, inner_steps=2, first_order=first_order, strategy=strategy,
-                   compile_inner_loop=compile_inner_loop)  # fmt: skip
+    loop = InnerLoop(lr=0.05, steps=2, first_order=first_order, vectorize=strategy, compiled=compile_inner_loop)
+    learner = MAML(MLP(hidden=(16, 16)), inner_loop=loop)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(3, 10, 1, generator=g) * 10 - 5
     episode = Episode(x[:, :5], torch.sin(x[:, :5]), x[:, 5:], torch.sin(x[:, 5:]), batched=True)
@@ -52,9 +52,9 @@ def test_compiled_inner_loop_gives_the_eager_loss_and_meta_gradient(strategy, fi
         assert not torch.allclose(first_order_gradient, compiled_gradient, rtol=1e-3, atol=1e-5)
 
 
-def test_compile_inner_loop_must_be_a_bool():
-    with pytest.raises(ValueError, match=r"compile_inner_loop must be True or False, got 'yes'"):
-        MAML(MLP(), compile_inner_loop="yes")  # type: ignore[arg-type]
+def test_compiled_must_be_a_bool():
+    with pytest.raises(ValueError, match=r"InnerLoop: compiled must be True or False, got 'yes'"):
+        MAML(MLP(), inner_loop=InnerLoop(compiled="yes"))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("strategy", ["loop", "vmap"])
@@ -69,14 +69,14 @@ def test_compiling_several_models_in_one_process_with_garbage_collection_between
         torch.manual_seed(seed)
         # models of two layouts, one of them holding a submodule under two names (the alias path)
         hidden = (8, 8) if seed % 2 else (12,)
-        learner = MAML(MLP(hidden=hidden), inner_lr=0.05, inner_steps=1, first_order=True, strategy=strategy,
-                       compile_inner_loop=True)  # fmt: skip
+        loop = InnerLoop(lr=0.05, steps=1, first_order=True, vectorize=strategy, compiled=True)
+        learner = MAML(MLP(hidden=hidden), inner_loop=loop)
         if seed == 3:
             learner.model.alias = learner.model.head  # the same module under a second name
         x = torch.rand(2, 6, 1, generator=torch.Generator().manual_seed(seed)) * 10 - 5
         episode = Episode(x[:, :3], torch.sin(x[:, :3]), x[:, 3:], torch.sin(x[:, 3:]), batched=True)
         compiled_loss, _ = learner.meta_loss(episode)
-        learner.compile_inner_loop = False
+        learner.inner_loop.compiled = False
         eager_loss, _ = learner.meta_loss(episode)
         assert float(compiled_loss) == pytest.approx(float(eager_loss), rel=1e-6)
         del learner, episode, compiled_loss, eager_loss

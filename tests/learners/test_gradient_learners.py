@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import math
 
 import lightning as L
 import numpy as np
@@ -14,9 +15,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from lightning_meta import Episode
+from lightning_meta import Episode, InnerLoop
 from lightning_meta.data import EpisodicDataModule, Sinusoid
 from lightning_meta.learners import ANIL, MAML, MetaSGD, Reptile
+from lightning_meta.learners.auto_vectorize import AutoVectorize
 from lightning_meta.models import MLP, Conv4
 from tests.helpers.learn2learn import l2l, needs_l2l
 from tests.helpers.trainers import quiet_trainer
@@ -72,7 +74,7 @@ def test_maml_meta_gradient_matches_learn2learn(first_order, strategy, kind):
         net, batch, loss_fn = MLP(hidden=(8, 8)).double(), sinusoid_batch(), F.mse_loss
     else:
         net, batch, loss_fn = small_conv(), image_batch(), F.cross_entropy
-    ours = MAML(copy.deepcopy(net), inner_lr=0.1, inner_steps=2, first_order=first_order, strategy=strategy)
+    ours = MAML(copy.deepcopy(net), inner_loop=InnerLoop(lr=0.1, steps=2, first_order=first_order, vectorize=strategy))
     loss, _ = ours.meta_loss(batch)
     loss.backward()
 
@@ -91,7 +93,7 @@ def test_maml_meta_gradient_matches_learn2learn(first_order, strategy, kind):
 # ----------------------------------------------------------------------------------------- other references
 def test_maml_second_order_meta_gradient_matches_finite_differences():
     torch.manual_seed(1)
-    learner = MAML(MLP(hidden=(6,)).double(), inner_lr=0.05, inner_steps=3, strategy="vmap")
+    learner = MAML(MLP(hidden=(6,)).double(), inner_loop=InnerLoop(lr=0.05, steps=3, vectorize="vmap"))
     batch = sinusoid_batch(n_tasks=2)
     loss, _ = learner.meta_loss(batch)
     loss.backward()
@@ -111,7 +113,7 @@ def test_maml_second_order_meta_gradient_matches_finite_differences():
 def test_first_order_maml_gradient_is_the_query_gradient_at_the_adapted_weights():
     torch.manual_seed(2)
     net = MLP(hidden=(8,)).double()
-    learner = MAML(copy.deepcopy(net), inner_lr=0.1, inner_steps=2, first_order=True, strategy="loop")
+    learner = MAML(copy.deepcopy(net), inner_loop=InnerLoop(lr=0.1, steps=2, first_order=True, vectorize="loop"))
     batch = sinusoid_batch()
     learner.meta_loss(batch)[0].backward()
     expected = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
@@ -126,7 +128,7 @@ def test_first_order_maml_gradient_is_the_query_gradient_at_the_adapted_weights(
 def test_reptile_gradient_is_theta_minus_the_mean_adapted_weights():
     torch.manual_seed(3)
     net = MLP(hidden=(8,)).double()
-    learner = Reptile(copy.deepcopy(net), inner_lr=0.02, inner_steps=4, strategy="vmap")
+    learner = Reptile(copy.deepcopy(net), inner_loop=InnerLoop(lr=0.02, steps=4, vectorize="vmap"))
     batch = sinusoid_batch(n_tasks=4)
     learner.meta_loss(batch)[0].backward()
     phis = [dict(sgd_adapted_copy(net, task, lr=0.02, steps=4).named_parameters()) for task in batch]
@@ -136,7 +138,7 @@ def test_reptile_gradient_is_theta_minus_the_mean_adapted_weights():
 
 def test_reptile_outer_sgd_step_moves_theta_towards_phi():
     torch.manual_seed(3)
-    learner = Reptile(MLP(hidden=(8,)).double(), inner_lr=0.02, inner_steps=2, lr=0.5, strategy="loop")
+    learner = Reptile(MLP(hidden=(8,)).double(), inner_loop=InnerLoop(lr=0.02, steps=2, vectorize="loop"), lr=0.5)
     before = {n: p.detach().clone() for n, p in learner.named_parameters()}
     batch = sinusoid_batch(n_tasks=1)
     phi = learner.adapt_params(batch, steps=2, first_order=True)
@@ -149,7 +151,7 @@ def test_reptile_outer_sgd_step_moves_theta_towards_phi():
 
 
 def test_anil_adapts_the_head_only():
-    learner = ANIL(small_conv(), inner_lr=0.1, inner_steps=2, strategy="vmap")
+    learner = ANIL(small_conv(), inner_loop=InnerLoop(lr=0.1, steps=2, vectorize="vmap"))
     batch = image_batch()
     adapted = learner.adapt_params(batch, steps=2, first_order=False)
     params = dict(learner.model.named_parameters())
@@ -170,7 +172,7 @@ def test_anil_refuses_a_missing_head():
 
 def test_meta_sgd_learning_rates_receive_gradients_and_drive_the_update():
     torch.manual_seed(4)
-    learner = MetaSGD(MLP(hidden=(8,)).double(), inner_lr=0.05, strategy="loop")
+    learner = MetaSGD(MLP(hidden=(8,)).double(), inner_loop=InnerLoop(lr=0.05, vectorize="loop"))
     batch = sinusoid_batch()
     learner.meta_loss(batch)[0].backward()
     for key, rate in learner.meta_sgd_lrs.items():
@@ -186,7 +188,7 @@ def test_vmap_and_loop_learners_give_the_same_meta_gradients():
     torch.manual_seed(5)
     results = {}
     for strategy in ("vmap", "loop"):
-        learner = MAML(small_conv(), inner_lr=0.1, inner_steps=2, learn_inner_lr=True, strategy=strategy)
+        learner = MAML(small_conv(), inner_loop=InnerLoop(lr=0.1, steps=2, vectorize=strategy), learn_inner_lr=True)
         learner.load_state_dict(results["vmap"][1]) if results else None
         loss, _ = learner.meta_loss(image_batch())
         loss.backward()
@@ -210,7 +212,7 @@ def reference_msl_weights(n: int, epochs: int, epoch: int) -> np.ndarray:
 
 @pytest.mark.parametrize("epoch", [0, 1, 4, 9, 10, 30])
 def test_maml_plus_plus_multi_step_loss_weights_follow_the_paper(epoch, monkeypatch):
-    learner = MAML(MLP(), inner_steps=5, multi_step_loss=True, multi_step_loss_epochs=10)
+    learner = MAML(MLP(), inner_loop=InnerLoop(steps=5), multi_step_loss=True, multi_step_loss_epochs=10)
     monkeypatch.setattr(type(learner), "current_epoch", property(lambda self: epoch))
     learner._trainer = object()  # only current_epoch is read
     weights = learner.multi_step_loss_weights().numpy()
@@ -220,7 +222,9 @@ def test_maml_plus_plus_multi_step_loss_weights_follow_the_paper(epoch, monkeypa
 
 def test_maml_plus_plus_multi_step_loss_is_the_weighted_sum_of_each_steps_query_loss():
     torch.manual_seed(6)
-    learner = MAML(MLP(hidden=(8,)).double(), inner_lr=0.05, inner_steps=3, multi_step_loss=True, strategy="loop")
+    learner = MAML(
+        MLP(hidden=(8,)).double(), inner_loop=InnerLoop(lr=0.05, steps=3, vectorize="loop"), multi_step_loss=True
+    )
     batch = sinusoid_batch()
     loss, _ = learner.meta_loss(batch)
     weights = learner.multi_step_loss_weights()
@@ -234,7 +238,9 @@ def test_maml_plus_plus_multi_step_loss_is_the_weighted_sum_of_each_steps_query_
 
 def test_maml_plus_plus_per_layer_per_step_rates_are_learned():
     torch.manual_seed(7)
-    learner = MAML(MLP(hidden=(8,)).double(), inner_lr=0.05, inner_steps=2, learn_inner_lr=True, strategy="vmap")
+    learner = MAML(
+        MLP(hidden=(8,)).double(), inner_loop=InnerLoop(lr=0.05, steps=2, vectorize="vmap"), learn_inner_lr=True
+    )
     assert {k: tuple(v.shape) for k, v in learner.inner_lrs.items()} == {
         "body__0__weight": (2,), "body__0__bias": (2,), "head__weight": (2,), "head__bias": (2,)
     }  # fmt: skip
@@ -252,12 +258,14 @@ def sinusoid_datamodule(**kwargs) -> EpisodicDataModule:
 
 
 LEARNERS = {
-    "maml": lambda: MAML(MLP(hidden=(8,)), inner_lr=0.01, inner_steps=2, strategy="vmap"),
-    "fomaml": lambda: MAML(MLP(hidden=(8,)), inner_lr=0.01, first_order=True, strategy="loop"),
-    "maml++": lambda: MAML(MLP(hidden=(8,)), inner_steps=2, multi_step_loss=True, learn_inner_lr=True, strategy="vmap"),
-    "anil": lambda: ANIL(MLP(hidden=(8,)), inner_lr=0.01, strategy="vmap"),
-    "metasgd": lambda: MetaSGD(MLP(hidden=(8,)), inner_lr=0.01, strategy="loop"),
-    "reptile": lambda: Reptile(MLP(hidden=(8,)), inner_lr=0.01, inner_steps=2, strategy="vmap"),
+    "maml": lambda: MAML(MLP(hidden=(8,)), inner_loop=InnerLoop(lr=0.01, steps=2, vectorize="vmap")),
+    "fomaml": lambda: MAML(MLP(hidden=(8,)), inner_loop=InnerLoop(lr=0.01, first_order=True, vectorize="loop")),
+    "maml++": lambda: MAML(
+        MLP(hidden=(8,)), inner_loop=InnerLoop(steps=2, vectorize="vmap"), multi_step_loss=True, learn_inner_lr=True
+    ),
+    "anil": lambda: ANIL(MLP(hidden=(8,)), inner_loop=InnerLoop(lr=0.01, vectorize="vmap")),
+    "metasgd": lambda: MetaSGD(MLP(hidden=(8,)), inner_loop=InnerLoop(lr=0.01, vectorize="loop")),
+    "reptile": lambda: Reptile(MLP(hidden=(8,)), inner_loop=InnerLoop(lr=0.01, steps=2, vectorize="vmap")),
 }
 
 
@@ -316,7 +324,7 @@ def test_learner_fits_and_reloads_from_checkpoint_with_identical_predictions(nam
 
 def test_meta_training_lowers_the_query_error_after_adaptation():
     torch.manual_seed(0)
-    learner = MAML(MLP(), inner_lr=0.01, inner_steps=1, eval_inner_steps=5, strategy="vmap", lr=1e-2)
+    learner = MAML(MLP(), inner_loop=InnerLoop(lr=0.01, steps=1, eval_steps=5, vectorize="vmap"), lr=1e-2)
     dm = sinusoid_datamodule(shots=10, queries=10, tasks_per_batch=10, train_episodes=1000, eval_episodes=50)
     dm.setup("fit")
     before = learner.adaptation_curve(dm.val_dataloader(), steps=[5])[5]
@@ -327,33 +335,30 @@ def test_meta_training_lowers_the_query_error_after_adaptation():
 
 
 def test_auto_strategy_times_both_paths_then_keeps_the_faster_and_checkpoints_it(tmp_path, caplog):
-    learner = MAML(MLP(hidden=(8,)), strategy="auto")
+    learner = MAML(MLP(hidden=(8,)), inner_loop=InnerLoop(vectorize="auto"))
     used = []
 
     class Spy(L.Callback):
         def on_before_backward(self, trainer, pl_module, loss) -> None:
-            used.append(pl_module.current_strategy())
+            used.append(pl_module.current_vectorize())
 
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     quiet_trainer(max_epochs=2, callbacks=[checkpoint, Spy()], num_sanity_val_steps=0).fit(
         learner, sinusoid_datamodule(train_episodes=24, eval_episodes=4)
     )
     assert used[:4] == ["vmap", "loop", "vmap", "loop"]
-    assert learner.chosen_strategy in ("vmap", "loop")
-    assert set(used[4:]) == {learner.chosen_strategy}
+    assert learner.chosen_vectorize in ("vmap", "loop")
+    assert set(used[4:]) == {learner.chosen_vectorize}
     reloaded = MAML.load_from_checkpoint(tmp_path / "last.ckpt")
-    assert reloaded.chosen_strategy == learner.chosen_strategy
+    assert reloaded.chosen_vectorize == learner.chosen_vectorize
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"inner_lr": 0.0}, "inner_lr must be a positive finite number, got 0.0"),
-        ({"inner_steps": 0}, "inner_steps must be a positive integer, got 0"),
-        ({"eval_inner_steps": -1}, "eval_inner_steps must be a positive integer, got -1"),
-        ({"strategy": "jit"}, r"strategy must be one of \('auto', 'vmap', 'loop'\), got 'jit'"),
         ({"lr": -1.0}, "lr must be a positive finite number, got -1.0"),
         ({"multi_step_loss_epochs": 0}, "multi_step_loss_epochs must be at least 1, got 0"),
+        ({"inner_loop": {"lr": 0.1}}, "inner_loop must be a lightning_meta.InnerLoop .* got dict"),
     ],
 )
 def test_maml_refuses_bad_settings_naming_them(kwargs, message):
@@ -361,12 +366,30 @@ def test_maml_refuses_bad_settings_naming_them(kwargs, message):
         MAML(MLP(), **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr": 0.0}, "InnerLoop: lr must be a positive finite number, got 0.0"),
+        ({"lr": math.inf}, "InnerLoop: lr must be a positive finite number, got inf"),
+        ({"steps": 0}, "InnerLoop: steps must be a positive integer, got 0"),
+        ({"eval_steps": -1}, "InnerLoop: eval_steps must be a positive integer, got -1"),
+        ({"vectorize": "jit"}, r"InnerLoop: vectorize must be one of \('auto', 'vmap', 'loop'\), got 'jit'"),
+        ({"precision": "half"}, r"InnerLoop: precision must be one of \('float32', 'autocast'\), got 'half'"),
+        ({"first_order": 1}, "InnerLoop: first_order must be True or False, got 1"),
+        ({"optimizer": torch.optim.SGD}, "InnerLoop: optimizer must be an InnerOptimizer .* got type"),
+    ],
+)
+def test_inner_loop_refuses_bad_settings_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        InnerLoop(**kwargs)
+
+
 @pytest.mark.parametrize("strategy", ["vmap", "loop"])
 def test_training_gives_identical_weights_whatever_num_workers_is(strategy):
     weights = []
     for num_workers in (0, 2):
         torch.manual_seed(0)
-        learner = MAML(MLP(hidden=(8,)), inner_lr=0.01, inner_steps=2, strategy=strategy)
+        learner = MAML(MLP(hidden=(8,)), inner_loop=InnerLoop(lr=0.01, steps=2, vectorize=strategy))
         dm = sinusoid_datamodule(num_workers=num_workers, train_episodes=24)
         quiet_trainer(max_epochs=2, enable_checkpointing=False, num_sanity_val_steps=0).fit(learner, dm)
         weights.append({n: p.detach().clone() for n, p in learner.named_parameters()})
@@ -375,22 +398,22 @@ def test_training_gives_identical_weights_whatever_num_workers_is(strategy):
 
 
 def test_auto_strategy_goes_straight_to_the_loop_for_convolutions_on_a_cpu():
-    learner = MAML(small_conv(ways=3).float(), inner_lr=0.1, strategy="auto")
+    learner = MAML(small_conv(ways=3).float(), inner_loop=InnerLoop(lr=0.1, vectorize="auto"))
     used = []
 
     class Spy(L.Callback):
         def on_before_backward(self, trainer, pl_module, loss) -> None:
-            used.append(pl_module.current_strategy())
+            used.append(pl_module.current_vectorize())
 
     images = TensorDataset(torch.randn(60, 1, 16, 16), torch.arange(6).repeat_interleave(10))
     dm = EpisodicDataModule(images, ways=3, shots=1, queries=2, tasks_per_batch=2, train_episodes=6)
     quiet_trainer(max_epochs=1, enable_checkpointing=False, callbacks=[Spy()]).fit(learner, dm)
-    assert used == ["loop"] * 3 and learner.chosen_strategy == "loop"
+    assert used == ["loop"] * 3 and learner.chosen_vectorize == "loop"
 
 
 def test_auto_strategy_goes_straight_to_the_loop_for_native_batch_norm(caplog):
     """PyTorch's BatchNorm gives wrong second-order gradients under vmap (or refuses it with running statistics)."""
     model = nn.Sequential(nn.Linear(1, 8), nn.BatchNorm1d(8, track_running_stats=False), nn.ReLU(), nn.Linear(8, 1))
-    learner = MAML(model, inner_lr=0.01, strategy="auto")
-    learner.on_train_batch_start(None, 0)
-    assert learner.chosen_strategy == "loop" and learner.current_strategy() == "loop"
+    learner = MAML(model, inner_loop=InnerLoop(lr=0.01, vectorize="auto"))
+    AutoVectorize().on_train_batch_start(None, learner, None, 0)  # type: ignore[arg-type]
+    assert learner.chosen_vectorize == "loop" and learner.current_vectorize() == "loop"

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 import lightning_meta.learners.imaml
-from lightning_meta import Episode
+from lightning_meta import Episode, InnerLoop
 from lightning_meta.data import EpisodicDataModule, Sinusoid
 from lightning_meta.inner_optim import SGD, Adam, Proximal
 from lightning_meta.learners import IMAML, MAML
@@ -55,7 +55,7 @@ def test_imaml_meta_gradient_equals_the_closed_form_on_a_quadratic_problem(strat
     model = nn.Linear(3, 1).double()
     lam = 2.0
     # 400 proximal SGD steps converge to 1e-13; 4 parameters: 4 CG steps solve exactly (8 for rounding).
-    learner = IMAML(model, inner_lr=0.1, inner_steps=400, lam=lam, cg_steps=8, strategy=strategy)
+    learner = IMAML(model, inner_loop=InnerLoop(lr=0.1, steps=400, vectorize=strategy), lam=lam, cg_steps=8)
     episode = linear_episode()
     loss, _ = learner.meta_loss(episode)
     loss.backward()
@@ -73,8 +73,10 @@ def test_imaml_meta_gradient_equals_second_order_maml_unrolled_through_the_conve
     episode = Episode(x[:, :8], torch.sin(x[:, :8]), x[:, 8:], torch.sin(x[:, 8:]), batched=True)
     gradients = []
     for build in (
-        lambda m: IMAML(m, inner_lr=0.1, inner_steps=300, lam=2.0, cg_steps=30, strategy="vmap"),
-        lambda m: MAML(m, inner_lr=0.1, inner_steps=300, strategy="vmap", inner_optimizer=Proximal(SGD(), lam=2.0)),
+        lambda m: IMAML(m, inner_loop=InnerLoop(lr=0.1, steps=300, vectorize="vmap"), lam=2.0, cg_steps=30),
+        lambda m: MAML(
+            m, inner_loop=InnerLoop(lr=0.1, steps=300, vectorize="vmap", optimizer=Proximal(SGD(), lam=2.0))
+        ),
     ):
         torch.manual_seed(0)
         learner = build(MLP(hidden=(6,)).double())
@@ -90,8 +92,8 @@ def test_imaml_vmap_and_loop_agree_with_an_adam_inner_optimizer():
     results = []
     for strategy in ("vmap", "loop"):
         torch.manual_seed(0)
-        learner = IMAML(MLP(hidden=(6,)).double(), inner_lr=0.01, inner_steps=4, lam=1.0, strategy=strategy,
-                        inner_optimizer=Adam(betas=(0.0, 0.999)))  # fmt: skip
+        loop = InnerLoop(lr=0.01, steps=4, vectorize=strategy, optimizer=Adam(betas=(0.0, 0.999)))
+        learner = IMAML(MLP(hidden=(6,)).double(), inner_loop=loop, lam=1.0)
         loss, _ = learner.meta_loss(episode)
         loss.backward()
         results.append((loss.detach(), torch.cat([p.grad.flatten() for p in learner.parameters()])))
@@ -101,8 +103,8 @@ def test_imaml_vmap_and_loop_agree_with_an_adam_inner_optimizer():
 
 def test_imaml_fits_and_reloads_from_its_checkpoint_with_weights_only_loading(tmp_path):
     torch.manual_seed(0)
-    learner = IMAML(MLP(hidden=(8,)), inner_lr=0.05, inner_steps=3, lam=2.0, cg_steps=3, strategy="vmap",
-                    inner_optimizer=SGD(momentum=0.5))  # fmt: skip
+    loop = InnerLoop(lr=0.05, steps=3, vectorize="vmap", optimizer=SGD(momentum=0.5))
+    learner = IMAML(MLP(hidden=(8,)), inner_loop=loop, lam=2.0, cg_steps=3)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     data = EpisodicDataModule(Sinusoid(), Sinusoid(), Sinusoid(), shots=5, queries=5, tasks_per_batch=4,
                               train_episodes=8, eval_episodes=4)  # fmt: skip
@@ -110,7 +112,7 @@ def test_imaml_fits_and_reloads_from_its_checkpoint_with_weights_only_loading(tm
     quiet_trainer(max_epochs=1, callbacks=[checkpoint]).fit(learner, data)
     assert any(not torch.equal(a, b) for a, b in zip(before, learner.parameters(), strict=True))
     reloaded = IMAML.load_from_checkpoint(tmp_path / "last.ckpt")
-    assert (reloaded.lam, reloaded.cg_steps, reloaded.inner_optimizer.momentum) == (2.0, 3, 0.5)
+    assert (reloaded.lam, reloaded.cg_steps, reloaded.inner_loop.optimizer.momentum) == (2.0, 3, 0.5)
     x = torch.rand(2, 10, 1) * 10 - 5
     batch = Episode(x[:, :5], torch.sin(x[:, :5]), x[:, 5:], torch.sin(x[:, 5:]), batched=True)
     learner.eval()
@@ -128,7 +130,7 @@ def test_imaml_fits_and_reloads_from_its_checkpoint_with_weights_only_loading(tm
 )
 def test_bad_imaml_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        IMAML(MLP(), **kwargs)
+        IMAML(MLP(), **kwargs)  # lam and cg_steps: IMAML's own arguments
 
 
 def test_doctests_of_imaml_run():

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from lightning_meta import Episode
+from lightning_meta import Episode, InnerLoop
 from lightning_meta.data import EpisodicDataModule, Learn2LearnTasks
 from lightning_meta.data.omniglot import load_omniglot_images
 from lightning_meta.data.sampler import EpisodeDataset, EpisodeSampler
@@ -98,7 +98,7 @@ def test_maml_meta_gradient_matches_learn2learn_on_real_omniglot_tasks(omniglot_
     reference_loss = total / omniglot_batch.n_tasks
     reference_loss.backward()
 
-    ours = MAML(ours_model, inner_lr=lr, inner_steps=steps, first_order=first_order, strategy="loop")
+    ours = MAML(ours_model, inner_loop=InnerLoop(lr=lr, steps=steps, first_order=first_order, vectorize="loop"))
     loss, _ = ours.meta_loss(omniglot_batch)
     loss.backward()
 
@@ -124,9 +124,9 @@ def image_data(image_size: int, channels: int) -> TensorDataset:
 def build(learner: str, backbone: str) -> tuple[L.LightningModule, torch.nn.Module]:
     model = omniglot_cnn() if backbone == "OmniglotCNN" else miniimagenet_cnn()
     if learner == "MAML":
-        return MAML(model, inner_lr=0.4, strategy="loop"), model
+        return MAML(model, inner_loop=InnerLoop(lr=0.4, vectorize="loop")), model
     if learner == "ANIL":
-        return ANIL(model, head="classifier", inner_lr=0.4, strategy="loop"), model
+        return ANIL(model, head="classifier", inner_loop=InnerLoop(lr=0.4, vectorize="loop")), model
     return ProtoNet(model.features), model.features  # learn2learn models expose .features and .classifier
 
 
@@ -170,7 +170,7 @@ def assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
 
 
 def test_a_learn2learn_backbone_is_not_pickled_and_reloads_when_given_again(tmp_path):
-    learner = MAML(miniimagenet_cnn(), inner_lr=0.4, strategy="loop")
+    learner = MAML(miniimagenet_cnn(), inner_loop=InnerLoop(lr=0.4, vectorize="loop"))
     path = fit_with_checkpoint(learner, tmp_path)
     assert "model" not in torch.load(path, weights_only=True)["hyper_parameters"]  # safe loading, nothing pickled
     with pytest.raises(TypeError, match=r"does not hold \['model'\]"):
@@ -186,7 +186,7 @@ def test_a_learn2learn_backbone_with_an_init_config_loads_with_safe_weights_only
         "class_path": "learn2learn.vision.models.MiniImagenetCNN",
         "init_args": {"output_size": WAYS, "hidden_size": 8},
     }
-    learner = ANIL(model, head="classifier", inner_lr=0.4, strategy="loop")
+    learner = ANIL(model, head="classifier", inner_loop=InnerLoop(lr=0.4, vectorize="loop"))
     path = fit_with_checkpoint(learner, tmp_path)
     loaded = ANIL.load_from_checkpoint(path)  # weights_only=True: the backbone is rebuilt from its config
     assert type(loaded.model).__name__ == "CNN4" and loaded.head == "classifier"
@@ -197,7 +197,7 @@ def test_omniglotcnn_cannot_be_pickled_so_its_checkpoint_reloads_when_given_the_
     """learn2learn's ConvBlock keeps ``self.max_pool = lambda x: x`` when it does not pool (OmniglotCNN)."""
     with pytest.raises(AttributeError, match="Can't pickle local object"):
         torch.save(l2l.vision.models.OmniglotCNN(WAYS), os.devnull)
-    learner = MAML(omniglot_cnn(), inner_lr=0.4, strategy="loop")
+    learner = MAML(omniglot_cnn(), inner_loop=InnerLoop(lr=0.4, vectorize="loop"))
     data = EpisodicDataModule(image_data(28, 1), ways=WAYS, shots=1, queries=1, tasks_per_batch=2, train_episodes=2)
     trainer = L.Trainer(accelerator="cpu", max_steps=1, default_root_dir=tmp_path, logger=False,
                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
@@ -216,7 +216,7 @@ def test_maml_trains_and_checkpoints_learn2learns_omniglotcnn_as_learn2learn_bui
         "class_path": "learn2learn.vision.models.OmniglotCNN",
         "init_args": {"output_size": WAYS, "hidden_size": 8},
     }
-    learner = MAML(model, inner_lr=0.4, strategy="loop")
+    learner = MAML(model, inner_loop=InnerLoop(lr=0.4, vectorize="loop"))
     data = EpisodicDataModule(image_data(28, 1), ways=WAYS, shots=1, queries=1, tasks_per_batch=2, train_episodes=4)
     trainer = L.Trainer(accelerator="cpu", max_steps=2, default_root_dir=tmp_path, logger=False,
                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip

@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.plugins import MixedPrecision
 
-from lightning_meta import Episode
+from lightning_meta import Episode, InnerLoop
 from lightning_meta.learners import MAML
 from lightning_meta.models import Conv4
 from tests.helpers.ddp_one_step import LEARNERS, datamodule
@@ -74,7 +74,7 @@ def _meta_gradient(
 ) -> torch.Tensor:
     """Second-order MAML meta-gradient of a Conv4 (loss scaled as GradScaler does under float16, then unscaled)."""
     torch.manual_seed(0)
-    learner = MAML(Conv4(1, 32, 5, 28), inner_lr=0.4, strategy=strategy, inner_precision=inner_precision)
+    learner = MAML(Conv4(1, 32, 5, 28), inner_loop=InnerLoop(lr=0.4, vectorize=strategy, precision=inner_precision))
     with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
         loss, _ = learner.meta_loss(_image_meta_batch())
     (loss * loss_scale).backward()
@@ -114,7 +114,7 @@ def test_the_inner_loop_computes_in_float32_and_the_query_in_bf16_by_default():
     model's outputs against the ways (no gradient, eval mode).
     """
     for inner_precision, support_dtype in (("float32", torch.float32), ("autocast", torch.bfloat16)):
-        learner = MAML(Conv4(1, 8, 5, 28), inner_lr=0.4, strategy="loop", inner_precision=inner_precision)
+        learner = MAML(Conv4(1, 8, 5, 28), inner_loop=InnerLoop(lr=0.4, vectorize="loop", precision=inner_precision))
         seen: list[tuple[int, torch.dtype]] = []
         conv = next(m for m in learner.modules() if isinstance(m, torch.nn.Conv2d))
         conv.register_forward_hook(lambda module, args, output, seen=seen: seen.append((output.shape[0], output.dtype)))

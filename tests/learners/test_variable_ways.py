@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_meta import Episode
+from lightning_meta import Episode, InnerLoop
 from lightning_meta.learners import ANIL, IMAML, MAML, MetaSGD, Reptile
 from lightning_meta.models import Conv4
 from tests.helpers.multidomain import variable_datamodule
@@ -42,11 +42,11 @@ def narrowed(model: Conv4, ways: int) -> Conv4:
 
 
 LEARNERS = {
-    "maml": lambda m: MAML(m, inner_lr=0.3, inner_steps=2, strategy="loop"),
-    "maml_vmap": lambda m: MAML(m, inner_lr=0.3, inner_steps=2, strategy="vmap"),
-    "anil": lambda m: ANIL(m, inner_lr=0.3, inner_steps=2, strategy="loop"),
-    "metasgd": lambda m: MetaSGD(m, inner_lr=0.3, inner_steps=1, strategy="loop"),
-    "imaml": lambda m: IMAML(m, inner_lr=0.3, inner_steps=3, cg_steps=3, strategy="loop"),
+    "maml": lambda m: MAML(m, inner_loop=InnerLoop(lr=0.3, steps=2, vectorize="loop")),
+    "maml_vmap": lambda m: MAML(m, inner_loop=InnerLoop(lr=0.3, steps=2, vectorize="vmap")),
+    "anil": lambda m: ANIL(m, inner_loop=InnerLoop(lr=0.3, steps=2, vectorize="loop")),
+    "metasgd": lambda m: MetaSGD(m, inner_loop=InnerLoop(lr=0.3, steps=1, vectorize="loop")),
+    "imaml": lambda m: IMAML(m, inner_loop=InnerLoop(lr=0.3, steps=3, vectorize="loop"), cg_steps=3),
 }
 
 
@@ -57,11 +57,6 @@ def test_a_wide_head_on_a_narrower_episode_equals_a_head_of_exactly_its_ways(nam
     wide = Conv4(in_channels=3, hidden=4, out_features=MAX_WAYS, image_size=16).double()
     narrow = narrowed(wide, ways)
     wide_learner, narrow_learner = LEARNERS[name](wide), LEARNERS[name](narrow)
-    if name == "metasgd":  # the learned rates of the head: the first rows too
-        with torch.no_grad():
-            for key, rate in wide_learner.inner_lrs.items():
-                target = narrow_learner.inner_lrs[key]
-                target.copy_(rate[: target.shape[0]] if rate.shape != target.shape else rate)
     wide_learner.variable_ways = True
     task = episode(ways)
     wide_loss, wide_predictions = wide_learner.meta_loss(task)
@@ -85,8 +80,8 @@ def test_reptile_moves_only_the_rows_of_the_episodes_ways():
     torch.manual_seed(0)
     wide = Conv4(in_channels=3, hidden=4, out_features=MAX_WAYS, image_size=16).double()
     narrow = narrowed(wide, 4)
-    wide_learner = Reptile(wide, inner_lr=0.1, inner_steps=2, strategy="loop")
-    narrow_learner = Reptile(narrow, inner_lr=0.1, inner_steps=2, strategy="loop")
+    wide_learner = Reptile(wide, inner_loop=InnerLoop(lr=0.1, steps=2, vectorize="loop"))
+    narrow_learner = Reptile(narrow, inner_loop=InnerLoop(lr=0.1, steps=2, vectorize="loop"))
     wide_learner.variable_ways = True
     wide_learner.meta_loss(episode(4))[0].backward()
     narrow_learner.meta_loss(episode(4))[0].backward()
@@ -95,13 +90,18 @@ def test_reptile_moves_only_the_rows_of_the_episodes_ways():
 
 
 def test_without_varying_ways_a_head_wider_than_the_episode_is_still_refused():
-    learner = MAML(Conv4(in_channels=3, hidden=4, out_features=MAX_WAYS, image_size=16).double(), strategy="loop")
+    learner = MAML(
+        Conv4(in_channels=3, hidden=4, out_features=MAX_WAYS, image_size=16).double(),
+        inner_loop=InnerLoop(vectorize="loop"),
+    )
     with pytest.raises(ValueError, match="5-way: a classifier needs exactly one logit per way"):
         learner.meta_loss(episode(5))
 
 
 def test_with_varying_ways_a_head_narrower_than_the_episode_is_refused_naming_max_ways():
-    learner = MAML(Conv4(in_channels=3, hidden=4, out_features=4, image_size=16).double(), strategy="loop")
+    learner = MAML(
+        Conv4(in_channels=3, hidden=4, out_features=4, image_size=16).double(), inner_loop=InnerLoop(vectorize="loop")
+    )
     learner.variable_ways = True
     with pytest.raises(ValueError, match=r"VariableEpisodes.max_ways \(at least 6\)"):
         learner.meta_loss(episode(6))
@@ -111,7 +111,7 @@ def test_with_varying_ways_a_head_narrower_than_the_episode_is_refused_naming_ma
 def test_every_gradient_learner_trains_and_validates_on_variable_multidomain_episodes(name, tmp_path):
     torch.manual_seed(0)
     model = Conv4(in_channels=3, hidden=4, out_features=MAX_WAYS, image_size=16)
-    make = {**LEARNERS, "reptile": lambda m: Reptile(m, inner_lr=0.1, inner_steps=2, strategy="loop")}[name]
+    make = {**LEARNERS, "reptile": lambda m: Reptile(m, inner_loop=InnerLoop(lr=0.1, steps=2, vectorize="loop"))}[name]
     learner = make(model)
     before = {n: p.detach().clone() for n, p in learner.named_parameters()}
     trainer = L.Trainer(
@@ -133,7 +133,9 @@ def test_every_gradient_learner_trains_and_validates_on_variable_multidomain_epi
 
 
 def test_variable_ways_survives_a_checkpoint(tmp_path):
-    learner = MAML(Conv4(in_channels=3, hidden=4, out_features=MAX_WAYS, image_size=16), strategy="loop")
+    learner = MAML(
+        Conv4(in_channels=3, hidden=4, out_features=MAX_WAYS, image_size=16), inner_loop=InnerLoop(vectorize="loop")
+    )
     trainer = L.Trainer(
         accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=tmp_path,
