@@ -173,6 +173,7 @@ class AdaptationCurve(Callback):
         self._mode: str | None = None  # "steps", "shots" or None (does not apply)
         self._returns = False  # a meta-RL learner: the curve is the mean return
         self._rl_setting = ""
+        self._rl_xlabel = ""
         self._xs: tuple[int, ...] = ()
         self._episode_shots: int | None = None
         self._dir = Path(".")
@@ -198,8 +199,9 @@ class AdaptationCurve(Callback):
             self._mode, self._xs, self._episode_shots, self._classification = "steps", self.steps, None, False
             family = cast(TaskDataModule, datamodule).family
             episodes = getattr(learner, "trajectories_per_task", None)
-            self._rl_setting = f"{type(family).__name__}, {family.horizon}-step episodes" + (
-                f", {episodes} per task and step" if episodes is not None else ""
+            self._rl_setting = type(family).__name__
+            self._rl_xlabel = f"inner policy-gradient steps ({family.horizon}-step episodes" + (
+                f", {episodes} per task and step)" if episodes is not None else ")"
             )
             return
         classification = episode_dataset(datamodule, "val").episode(0, 0).is_classification
@@ -362,7 +364,7 @@ class AdaptationCurve(Callback):
             ax.set_ylabel("query mean squared error")
             ax.set_ylim(bottom=0)
         if self._returns:
-            ax.set_xlabel("inner policy-gradient steps")
+            ax.set_xlabel(self._rl_xlabel)
             setting = self._rl_setting
         elif self._mode == "steps":
             ax.set_xlabel("inner gradient steps on the support set")
