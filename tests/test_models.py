@@ -3,6 +3,7 @@ normalised backbone gives the loop's second-order meta-gradient under vmap (whic
 
 from __future__ import annotations
 
+import copy
 import doctest
 import inspect
 
@@ -250,3 +251,51 @@ def test_native_batch_norm_is_exact_outside_vmap():
 
 def test_docstring_examples_run():
     assert doctest.testmod(models_module).failed == 0
+
+
+# ------------------------------------------------------------------------------------------ channels-last Conv4
+def _first_block_layout(model: Conv4, x: torch.Tensor) -> bool:
+    seen = []
+    handle = model.body[0].conv.register_forward_hook(
+        lambda m, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last))
+    )
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize(("size", "expected"), [(64, True), (28, False)])
+def test_conv4_runs_large_images_channels_last_on_the_cpu_with_the_same_outputs(size, expected):
+    torch.manual_seed(0)
+    auto = Conv4(in_channels=3, hidden=4, out_features=5, image_size=size).double()
+    plain = Conv4(in_channels=3, hidden=4, out_features=5, image_size=size, channels_last=False).double()
+    plain.load_state_dict(auto.state_dict())
+    x = torch.randn(6, 3, size, size, dtype=torch.float64)
+    assert _first_block_layout(auto, x) is expected
+    assert _first_block_layout(plain, x) is False and _first_block_layout(
+        Conv4(3, 4, 5, size, channels_last=True), x.float()
+    )
+    torch.testing.assert_close(auto(x), plain(x), rtol=1e-12, atol=1e-12)
+
+
+def test_channels_last_maml_loop_gives_vmaps_second_order_meta_gradient():
+    """The loop runs Conv4 channels-last at 64px, vmap cannot (inside the transform): same meta-gradient."""
+    from lightning_meta import MAML, Episode, InnerLoop
+
+    torch.manual_seed(0)
+    model = Conv4(in_channels=3, hidden=4, out_features=3, image_size=64).double()
+    x = torch.randn(2, 6, 3, 64, 64, dtype=torch.float64)
+    y = torch.arange(3).repeat(2, 2)
+    grads = {}
+    for vectorize in ("loop", "vmap"):
+        learner = MAML(copy.deepcopy(model), inner_loop=InnerLoop(lr=0.1, steps=2, vectorize=vectorize))
+        learner.meta_loss(Episode(x, y, x, y, ways=3, batched=True))[0].backward()
+        grads[vectorize] = torch.cat([p.grad.flatten() for p in learner.model.parameters()])
+    torch.testing.assert_close(grads["loop"], grads["vmap"], rtol=1e-10, atol=1e-12)
+
+
+def test_conv4_refuses_a_bad_channels_last():
+    with pytest.raises(ValueError, match=r"Conv4: channels_last must be None, True or False, got 'yes'"):
+        Conv4(channels_last="yes")  # type: ignore[arg-type]
