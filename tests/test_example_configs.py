@@ -27,8 +27,9 @@ def test_there_is_a_config_per_readme_benchmark():
             "miniimagenet_5w1s_maml"} <= names  # fmt: skip
 
 
-#: Configs whose one full-size step takes a minute or more here: 20-way MAML (51 s), HalfCheetah (158 s: one meta-batch
-#: is 160,000 simulator steps), multi-domain ProtoNet at 84x84 (49 s).
+#: Configs whose one full-size step takes a minute or more here: 20-way MAML (51 s), HalfCheetah (the paper's meta-batch
+#: of 40 tasks x 20 episodes x 200 steps, collected twice: 320,000 simulator steps; 158 s at 20 tasks, about twice
+#: that now), multi-domain ProtoNet at 84x84 (49 s).
 SLOW = ("20w", "halfcheetah", "multidomain")
 
 

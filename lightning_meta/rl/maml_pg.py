@@ -72,7 +72,7 @@ class MAMLPolicyGradient(MetaLearner):
         gamma: discount factor.
         gae_lambda: GAE's lambda (1.0 in pytorch-maml-rl: Monte-Carlo returns minus the baseline).
         normalize_advantages: standardise each task's advantages (as pytorch-maml-rl does).
-        strategy: how the training inner step and outer loss treat the tasks: ``"loop"`` (one by one) or ``"vmap"``
+        vectorize: how the training inner step and outer loss treat the tasks: ``"loop"`` (one by one) or ``"vmap"``
             (together); the same numbers. Measured on 2D navigation (20 tasks x 20 episodes, MLP 64-64, one CPU
             thread, second order): adaptation, outer forward and backward took 0.47 s with the loop, 0.69 s with
             vmap. Rollouts always batch the tasks (vmap over per-task weights at each time step).
@@ -105,7 +105,7 @@ class MAMLPolicyGradient(MetaLearner):
         gamma: float = 0.99,
         gae_lambda: float = 1.0,
         normalize_advantages: bool = True,
-        strategy: functional.Strategy = "loop",
+        vectorize: functional.Strategy = "loop",
         lr: float = 1e-3,
     ) -> None:
         super().__init__(lr=lr)
@@ -122,8 +122,8 @@ class MAMLPolicyGradient(MetaLearner):
                 f"MAMLPolicyGradient: eval_inner_steps must be a non-negative integer, got {eval_inner_steps!r}."
             )
         positive_int("MAMLPolicyGradient", "trajectories_per_task", trajectories_per_task)
-        if strategy not in ("loop", "vmap"):
-            raise ValueError(f"MAMLPolicyGradient: strategy must be 'loop' or 'vmap', got {strategy!r}.")
+        if vectorize not in ("loop", "vmap"):
+            raise ValueError(f"MAMLPolicyGradient: vectorize must be 'loop' or 'vmap', got {vectorize!r}.")
         for name, value in (("gamma", gamma), ("gae_lambda", gae_lambda)):
             if not 0 <= value <= 1:
                 raise ValueError(f"MAMLPolicyGradient: {name} must lie in [0, 1], got {value!r}.")
@@ -136,7 +136,7 @@ class MAMLPolicyGradient(MetaLearner):
         self.gamma = gamma
         self.gae_lambda = gae_lambda
         self.normalize_advantages = normalize_advantages
-        self.strategy = strategy
+        self.vectorize = vectorize
         self.val_returns = nn.ModuleList([MeanMetric() for _ in range(eval_inner_steps + 1)])
         self.test_returns = nn.ModuleList([MeanMetric() for _ in range(eval_inner_steps + 1)])
         self.test_results: dict[int, float] = {}
@@ -194,7 +194,7 @@ class MAMLPolicyGradient(MetaLearner):
                 steps=1,
                 lr=self.inner_lr,
                 first_order=first_order,
-                strategy=self.strategy,
+                strategy=self.vectorize,
             )
         adapted = [
             functional.inner_loop(self.policy, {name: p[i] for name, p in params.items()}, x[i], y[i],
@@ -206,7 +206,7 @@ class MAMLPolicyGradient(MetaLearner):
     def outer_losses(self, params: Mapping[str, Tensor], trajectories: Trajectories) -> Tensor:
         """Each task's policy-gradient loss ``[T]`` of ``trajectories`` under ``params`` (with its graph)."""
         x, y = pack_targets(trajectories, self.advantages(trajectories))
-        outputs = policy_outputs(self.policy, params, x, strategy=self.strategy)  # type: ignore[arg-type]
+        outputs = policy_outputs(self.policy, params, x, strategy=self.vectorize)  # type: ignore[arg-type]
         log_probs = self.policy.log_prob(outputs, y[..., :-2])  # type: ignore[operator]
         advantages, mask = y[..., -2], y[..., -1]
         return -(log_probs * advantages * mask).sum(-1) / mask.sum(-1).clamp_min(1)

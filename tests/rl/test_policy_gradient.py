@@ -126,7 +126,7 @@ def test_second_order_meta_gradient_equals_finite_differences(strategy):
     """Fixed pre- and post-adaptation trajectories make the meta-loss a deterministic function of the weights."""
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(observation_size=2, action_size=1, hidden=[3], init_std=0.8).double()
-    learner = MAMLPolicyGradient(policy, inner_lr=0.5, gamma=0.9, gae_lambda=0.8, strategy=strategy)
+    learner = MAMLPolicyGradient(policy, inner_lr=0.5, gamma=0.9, gae_lambda=0.8, vectorize=strategy)
     params = dict(policy.named_parameters())
     grads = torch.autograd.grad(_meta_loss(learner, params, first_order=False), list(params.values()))
     eps = 1e-6
