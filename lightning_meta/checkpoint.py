@@ -104,3 +104,32 @@ class CheckedCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: CheckpointPath, *args: Any, **kwargs: Any) -> dict[str, Any]:
         raise_if_corrupt(path)
         return super().load_checkpoint(path, *args, **kwargs)
+
+
+def upgrade_checkpoint(source: CheckpointPath, destination: CheckpointPath) -> list[str]:
+    """Rewrite a checkpoint saved before :class:`~lightning_meta.InnerLoop` into the current form.
+
+    Checkpoints of the release before InnerLoop saved a gradient learner's inner-loop settings as its own keywords
+    (``inner_lr``, ``inner_steps``, ``strategy``, ...). ``Learner.load_from_checkpoint`` translates them by itself;
+    ``lightning-meta test --ckpt_path`` (LightningCLI reads the saved hyperparameters into the config) needs the
+    file rewritten: ``python -m lightning_meta.upgrade OLD.ckpt NEW.ckpt``. Weights, optimizer and loop
+    states are copied unchanged.
+
+    Returns:
+        The former keywords that were translated (empty: the checkpoint needed nothing, and is copied as it is).
+    """
+    import torch
+
+    from lightning_meta.hparams import LEGACY_INNER_LOOP, legacy_inner_loop
+
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    hparams = checkpoint.get("hyper_parameters") or {}
+    legacy = {k: hparams.pop(k) for k in list(hparams) if k in LEGACY_INNER_LOOP}
+    if legacy and "inner_loop" not in hparams:
+        config = legacy_inner_loop(legacy)
+        config["class_path"] = "lightning_meta.InnerLoop"
+        hparams["inner_loop"] = config
+    if "chosen_strategy" in checkpoint and "chosen_vectorize" not in checkpoint:
+        checkpoint["chosen_vectorize"] = checkpoint.pop("chosen_strategy")
+    torch.save(checkpoint, destination)
+    return sorted(legacy)

@@ -100,3 +100,27 @@ def test_the_cli_reads_the_inner_loop_as_a_nested_block_and_overrides_one_settin
 def test_a_learner_refuses_anything_but_an_inner_loop():
     with pytest.raises(ValueError, match=r"MAML: inner_loop must be a lightning_meta.InnerLoop .* got dict"):
         MAML(MLP(), inner_loop={"lr": 0.1})  # type: ignore[arg-type]
+
+
+def test_lightning_meta_test_runs_on_an_upgraded_pre_inner_loop_checkpoint(tmp_path):
+    """LightningCLI reads a checkpoint's hyperparameters into its config: an old one needs the upgrade tool."""
+    from lightning_meta.upgrade import main as upgrade
+
+    common = ["--config", str(DEFAULT_CONFIG), "--data.init_args.train_episodes=50",
+              "--data.init_args.eval_episodes=10", f"--trainer.default_root_dir={tmp_path}",
+              "--trainer.logger=false"]  # fmt: skip
+    fit = run(["fit", *common, "--trainer.max_steps=1", "--trainer.enable_checkpointing=false"])
+    fit.trainer.save_checkpoint(tmp_path / "new.ckpt")
+    checkpoint = torch.load(tmp_path / "new.ckpt", weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    hparams.update(inner_lr=0.02, inner_steps=1, eval_inner_steps=3, strategy="vmap")
+    del hparams["inner_loop"]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    sinusoid_test = "--data.init_args.test.class_path=lightning_meta.data.Sinusoid"
+    with pytest.raises(Exception, match="inner_lr"):  # LightningCLI passes the old keywords to MAML
+        run(["test", *common, f"--ckpt_path={tmp_path / 'old.ckpt'}", sinusoid_test])
+    upgrade([str(tmp_path / "old.ckpt"), str(tmp_path / "upgraded.ckpt")])
+    tested = run(["test", *common, f"--ckpt_path={tmp_path / 'upgraded.ckpt'}", sinusoid_test])
+    loop = tested.model.inner_loop
+    assert (loop.lr, loop.eval_steps, loop.vectorize) == (0.02, 3, "vmap")  # the checkpoint's, not the config's
+    assert "test/mse" in tested.trainer.callback_metrics
