@@ -126,9 +126,7 @@ def upgrade_checkpoint(source: CheckpointPath, destination: CheckpointPath) -> l
     hparams = checkpoint.get("hyper_parameters") or {}
     legacy = {k: hparams.pop(k) for k in list(hparams) if k in LEGACY_INNER_LOOP}
     if legacy and "inner_loop" not in hparams:
-        config = legacy_inner_loop(legacy)
-        config["class_path"] = "lightning_meta.InnerLoop"
-        hparams["inner_loop"] = config
+        hparams["inner_loop"] = legacy_inner_loop(legacy)
     if "chosen_strategy" in checkpoint and "chosen_vectorize" not in checkpoint:
         checkpoint["chosen_vectorize"] = checkpoint.pop("chosen_strategy")
     torch.save(checkpoint, destination)

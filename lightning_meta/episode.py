@@ -10,8 +10,29 @@ import torch
 from torch import Tensor
 
 
+class _Tasks:
+    """What :class:`Episode` and :class:`SupportSet` share: the number of tasks and the kind of targets."""
+
+    support_x: Tensor
+    ways: int | None
+    batched: bool
+
+    @property
+    def n_tasks(self) -> int:
+        """Number of tasks: the size of dimension 0 when batched, else 1."""
+        return self.support_x.shape[0] if self.batched else 1
+
+    @property
+    def is_classification(self) -> bool:
+        """Whether the targets are class labels (``ways`` is set)."""
+        return self.ways is not None
+
+    def __len__(self) -> int:
+        return self.n_tasks
+
+
 @dataclass(frozen=True)
-class Episode:
+class Episode(_Tasks):
     """Support and query sets of one task, or of a meta-batch of tasks stacked on a leading dimension.
 
     A classification episode holds ``ways * shots`` support and ``ways * queries`` query examples with labels
@@ -57,16 +78,6 @@ class Episode:
     domains: Tensor | None = None
     domain_names: tuple[str, ...] | None = None
 
-    @property
-    def n_tasks(self) -> int:
-        """Number of tasks: the size of dimension 0 when batched, else 1."""
-        return self.support_x.shape[0] if self.batched else 1
-
-    @property
-    def is_classification(self) -> bool:
-        """Whether the targets are class labels (``ways`` is set)."""
-        return self.ways is not None
-
     def __iter__(self) -> Iterator[Episode]:
         if not self.batched:
             yield self
@@ -83,9 +94,6 @@ class Episode:
                 domains=None if self.domains is None else self.domains[i],
                 domain_names=self.domain_names,
             )
-
-    def __len__(self) -> int:
-        return self.n_tasks
 
     @property
     def support_set(self) -> SupportSet:
@@ -173,7 +181,7 @@ class Episode:
 
 
 @dataclass(frozen=True)
-class SupportSet:
+class SupportSet(_Tasks):
     """The support examples of one task or of a meta-batch: what :meth:`MetaLearner.adapt` sees of an episode.
 
     An :class:`Episode` without its query, so that a method's adaptation cannot read the query examples or their
@@ -199,19 +207,6 @@ class SupportSet:
     ways: int | None = None
     batched: bool = False
     domains: Tensor | None = None
-
-    @property
-    def n_tasks(self) -> int:
-        """Number of tasks: the size of dimension 0 when batched, else 1."""
-        return self.support_x.shape[0] if self.batched else 1
-
-    @property
-    def is_classification(self) -> bool:
-        """Whether the targets are class labels (``ways`` is set)."""
-        return self.ways is not None
-
-    def __len__(self) -> int:
-        return self.n_tasks
 
     def __repr__(self) -> str:
         kind = f"ways={self.ways}" if self.ways is not None else "regression"

@@ -96,6 +96,11 @@ class MetaLearner(L.LightningModule):
         super().__init__()
         check_positive_finite(type(self).__name__, "lr", lr)
         self.lr = lr
+        #: classification episodes of varying ways (Meta-Dataset's sampling): a learner with a fixed output layer
+        #: gets as many outputs as the most ways, and each episode uses its first ``ways`` (:meth:`keep_ways`). Set by
+        #: :meth:`setup` from the data, kept in checkpoints; set it yourself to call the learner without a Trainer.
+        self.variable_ways = False
+        self._ways: int | None = None
         self.val_accuracy = EpisodeAccuracy()
         self.test_accuracy = EpisodeAccuracy()
         # accuracy per domain of multi-domain episodes (lightning_meta.data.MultiDomainTasks); nothing otherwise
@@ -173,19 +178,23 @@ class MetaLearner(L.LightningModule):
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the learner's class, so that loading with another class fails with a clear message."""
+        """Record the learner's class (loading with another class then fails clearly) and :attr:`variable_ways`."""
         checkpoint["learner_class"] = class_name(type(self))
+        checkpoint["variable_ways"] = self.variable_ways
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint_class(type(self), checkpoint.get("learner_class"), "the checkpoint")
+        self.variable_ways = self.variable_ways or bool(checkpoint.get("variable_ways", False))
 
     @override
     def setup(self, stage: str) -> None:
-        """Give the Trainer's default checkpoint IO a clear error for unreadable checkpoints (``ckpt_path=...``).
+        """Clear errors for unreadable checkpoints (``ckpt_path=...``); :attr:`variable_ways` from the data.
 
         Runs before Lightning restores a checkpoint. A checkpoint IO plugin of the user's own is left alone.
         """
+        if not self.variable_ways and varies_in_ways(getattr(self.trainer, "datamodule", None), stage):
+            self.variable_ways = True
         strategy = self.trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:
             strategy.checkpoint_io = CheckedCheckpointIO()
@@ -198,6 +207,14 @@ class MetaLearner(L.LightningModule):
         ways, without the query, so a method cannot read the query by accident.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement adapt(support)")
+
+    def keep_ways(self, outputs: Tensor) -> Tensor:
+        """The outputs for the current episode: the first ``ways`` logits when :attr:`variable_ways` is on.
+
+        A learner with a fixed output layer records the episode's ways in ``_ways`` when it adapts, and passes its
+        logits through this before a loss or a prediction.
+        """
+        return outputs if self._ways is None else outputs[..., : self._ways]
 
     def predict(self, query_x: Tensor, state: Any) -> Tensor:
         """Predictions for the query inputs ``[n_tasks, n_query, ...]`` of every task from its state."""

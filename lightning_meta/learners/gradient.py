@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -18,7 +17,7 @@ from lightning_meta.episode import Episode, SupportSet
 from lightning_meta.inner_loop import InnerLoop
 from lightning_meta.inner_optim import InnerOptimizer
 from lightning_meta.learners.auto_vectorize import AutoVectorize, has_native_batch_norm
-from lightning_meta.learners.base import MetaLearner, varies_in_ways
+from lightning_meta.learners.base import MetaLearner
 from lightning_meta.summary import print_adaptation
 
 
@@ -103,10 +102,6 @@ class GradientLearner(MetaLearner):
         #: set by AutoVectorize for the training steps it times
         self.trial_vectorize: str | None = None
         self._checked_outputs: set[tuple[int | None, tuple[int, ...]]] = set()
-        #: classification episodes of varying ways: the model has as many outputs as the most ways, and each
-        #: episode uses the first ``ways`` of them (set by :meth:`setup` from the data; see :meth:`keep_ways`).
-        self.variable_ways = False
-        self._ways: int | None = None
 
     # ------------------------------------------------------------------------------------------ what subclasses set
     def adapted_names(self) -> list[str] | None:
@@ -197,15 +192,9 @@ class GradientLearner(MetaLearner):
 
     @override
     def setup(self, stage: str) -> None:
-        """Turn on :attr:`variable_ways` for data of varying ways; refuse other evaluation ways than training."""
+        """Refuse, before any step, evaluation episodes with other ways than training (the head is fixed)."""
         super().setup(stage)
         data = getattr(self.trainer, "datamodule", None)
-        if not self.variable_ways and varies_in_ways(data, stage):
-            self.variable_ways = True
-            rank_zero_info(
-                f"{type(self).__name__}: the episodes vary in ways, so each uses the first `ways` outputs of the "
-                "model (give it as many outputs as the most ways)."
-            )
         ways, eval_ways = getattr(data, "ways", None), getattr(data, "eval_ways", None)
         fixed = isinstance(ways, int) and isinstance(eval_ways, int)
         if stage == "fit" and fixed and ways != eval_ways and not self.variable_ways:
@@ -240,14 +229,6 @@ class GradientLearner(MetaLearner):
                 compiled=self.inner_loop.compiled,
                 optimizer=self.inner_transform(),
             )
-
-    def keep_ways(self, outputs: Tensor) -> Tensor:
-        """The model's outputs for the current episode: its first ``ways`` logits when :attr:`variable_ways`.
-
-        A method that calls the model itself (not through :meth:`predict` or the inner loop) passes its outputs
-        through this before a loss, as iMAML does.
-        """
-        return outputs if self._ways is None else outputs[..., : self._ways]
 
     def _support_loss_of_ways(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return self.support_loss(self.keep_ways(outputs), targets)
@@ -304,14 +285,12 @@ class GradientLearner(MetaLearner):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["chosen_vectorize"] = self.chosen_vectorize
-        checkpoint["variable_ways"] = self.variable_ways
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         if self.inner_loop.vectorize == "auto":
             self.chosen_vectorize = checkpoint.get("chosen_vectorize", checkpoint.get("chosen_strategy"))
-        self.variable_ways = self.variable_ways or bool(checkpoint.get("variable_ways", False))
 
     # ------------------------------------------------------------------------------------------ reporting
     def predictions_after(self, batch: Episode, steps: Sequence[int]) -> dict[int, Tensor]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +12,7 @@ from typing_extensions import override
 from lightning_meta._checks import positive_int
 from lightning_meta.episode import SupportSet
 from lightning_meta.functional import embed
-from lightning_meta.learners.base import MetaLearner, varies_in_ways
+from lightning_meta.learners.base import MetaLearner
 from lightning_meta.learners.matchingnet import output_features
 
 
@@ -231,10 +230,6 @@ class SNAIL(MetaLearner):
             channels = blocks[-1].out_channels
         self.blocks = nn.ModuleList(blocks)
         self.output = nn.Linear(channels, ways)
-        #: episodes of varying ways: ``ways`` is the most, and each episode uses the first ``ways`` of the label
-        #: units and logits (set by :meth:`setup` from the data, kept in checkpoints).
-        self.variable_ways = False
-        self._ways: int | None = None
 
     @override
     def adapt(self, support: SupportSet) -> Tensor:
@@ -269,24 +264,7 @@ class SNAIL(MetaLearner):
         for block in self.blocks:
             x = block.step(state, x)  # type: ignore[operator]
         logits = self.output(x)
-        return logits if self._ways is None else logits[..., : self._ways]
-
-    @override
-    def setup(self, stage: str) -> None:
-        """Turn on :attr:`variable_ways` when the data's episodes vary in ways (Meta-Dataset's sampling)."""
-        super().setup(stage)
-        if not self.variable_ways and varies_in_ways(getattr(self.trainer, "datamodule", None), stage):
-            self.variable_ways = True
-
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["variable_ways"] = self.variable_ways
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        self.variable_ways = self.variable_ways or bool(checkpoint.get("variable_ways", False))
+        return self.keep_ways(logits)
 
 
 __all__ = ["SNAIL", "AttentionBlock", "DenseBlock", "TCBlock"]
