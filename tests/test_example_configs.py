@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
 
 from lightning_meta.cli import main, run
 from tests.data.test_miniimagenet import images_root  # noqa: F401  (fixture: a small mini-ImageNet copy)
@@ -75,3 +79,46 @@ def test_miniimagenet_snail_config_runs_one_step_on_a_copy_in_the_csv_layout(ima
                "--model.init_args.ways=3", "--data.init_args.tasks_per_batch=2", "--data.init_args.eval_queries=2",
                "--data.init_args.eval_tasks_per_batch=2"])  # fmt: skip
     assert cli.trainer.global_step == 1 and torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def _checkpoint_callbacks(config: Path) -> list[dict]:
+    callbacks = yaml.safe_load(config.read_text()).get("trainer", {}).get("callbacks", [])
+    return [c.get("init_args", {}) for c in callbacks if c["class_path"].endswith("ModelCheckpoint")]
+
+
+@pytest.mark.parametrize("config", [p for p in CONFIGS if _checkpoint_callbacks(p)], ids=lambda p: p.stem)
+def test_configs_that_keep_the_best_checkpoint_also_keep_the_latest(config):
+    by_kind = {"best": [], "latest": []}
+    for args in _checkpoint_callbacks(config):
+        by_kind["best" if args.get("monitor") else "latest"].append(args)
+    assert [a["every_n_train_steps"] for a in by_kind["latest"] if a.get("save_top_k") == 1], config.name
+
+
+class _StopAt(Callback):
+    """Stops the run mid-epoch after ``step`` optimizer steps, as Lightning's Timer does at ``max_time``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def test_the_latest_checkpoint_keeps_the_end_of_a_run_stopped_mid_epoch(tmp_path):
+    """Why the configs carry a second ModelCheckpoint: ``save_last`` copies the *best* checkpoint when it is saved and
+    is not always refreshed when ``max_time`` stops a run (the MAML 5-way 1-shot run stopped at step 4,944 with
+    ``last.ckpt`` at step 3,000); the every-N-steps one is at most N steps behind wherever the run stops."""
+    maml = REPO / "examples/configs/omniglot_5w1s_maml.yaml"
+    best, latest = _checkpoint_callbacks(maml)
+    callbacks = [
+        ModelCheckpoint(dirpath=tmp_path, **best),
+        ModelCheckpoint(dirpath=tmp_path, **{**latest, "every_n_train_steps": 3}),
+    ]
+    model = BoringModel()
+    model.validation_step = lambda batch, batch_idx: model.log("val/acc", -model(batch).sum())
+    trainer = Trainer(max_epochs=1, limit_train_batches=64, val_check_interval=5, limit_val_batches=2, logger=False,
+                      callbacks=[*callbacks, _StopAt(14)], enable_progress_bar=False)  # fmt: skip
+    trainer.fit(model)
+    assert trainer.global_step == 14
+    assert [p.name for p in tmp_path.glob("latest-*.ckpt")] == ["latest-step=12.ckpt"]
