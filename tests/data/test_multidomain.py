@@ -17,9 +17,9 @@ from torch.utils.data import TensorDataset
 
 from lightning_meta import Episode, InnerLoop
 from lightning_meta.data import EpisodeDataset, EpisodicDataModule, MultiDomainTasks, VariableEpisodes
+from lightning_meta.learners import ProtoNet
 from lightning_meta.models import Conv4
 from tests.helpers.multidomain import (
-    DomainProtoNet,
     Recorder,
     constant_images,
     decode,
@@ -190,7 +190,7 @@ def test_variable_episodes_are_a_pure_function_of_seed_stage_epoch_and_index():
 
 def test_per_domain_accuracy_is_logged_and_averages_to_the_overall_accuracy():
     torch.manual_seed(0)
-    learner = DomainProtoNet(Conv4(in_channels=3, hidden=8, image_size=16))
+    learner = ProtoNet(Conv4(in_channels=3, hidden=8, image_size=16))
     dm = variable_datamodule()
     (metrics,) = quiet_trainer().validate(learner, datamodule=dm, verbose=False)
     per_domain = {k: v for k, v in metrics.items() if k.startswith("val/acc/")}
@@ -281,7 +281,7 @@ def variable_learners() -> dict:
         "metasgd": lambda: MetaSGD(conv(10), inner_loop=InnerLoop(lr=0.05, vectorize="loop"), lr=0.01),
         "reptile": lambda: Reptile(conv(10), inner_loop=InnerLoop(lr=0.05, steps=1, vectorize="loop"), lr=0.5),
         "imaml": lambda: IMAML(conv(10), inner_loop=InnerLoop(lr=0.05, steps=2, vectorize="loop"), cg_steps=2, lr=0.01),
-        "protonet": lambda: DomainProtoNet(conv(), lr=0.01),
+        "protonet": lambda: ProtoNet(conv(), lr=0.01),
         "matchingnet": lambda: MatchingNet(conv(), embedding_dim=32, lr=0.01),
         "r2d2": lambda: R2D2(conv(), lr=0.01),
         "snail": lambda: SNAIL(conv(), ways=10, shots=2, embedding_dim=8, lr=0.01),

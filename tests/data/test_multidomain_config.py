@@ -55,7 +55,6 @@ def test_multidomain_protonet_config_trains_and_reports_accuracy_per_domain(
     config["trainer"].update({"max_epochs": 1, "accumulate_grad_batches": 2, "limit_val_batches": 6,
                               "log_every_n_steps": 1, "accelerator": "cpu", "default_root_dir": str(tmp_path),
                               "enable_progress_bar": False, "logger": logger})  # fmt: skip
-    config["model"]["class_path"] = "tests.helpers.multidomain.DomainProtoNet"  # the proposed base.py change
     config["model"]["init_args"]["backbone"]["init_args"].update({"hidden": 16, "image_size": 28})
     data = config["data"]["init_args"]
     data.update({"train_episodes": 4, "eval_episodes": 6, "num_workers": 0})

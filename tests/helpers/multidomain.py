@@ -19,8 +19,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from lightning_meta import Episode
-from lightning_meta.data import DomainAccuracy, EpisodicDataModule, MultiDomainTasks, VariableEpisodes
-from lightning_meta.data.domain_accuracy import log_domain_accuracy
+from lightning_meta.data import EpisodicDataModule, MultiDomainTasks, VariableEpisodes
 from lightning_meta.distributed import end_process_group
 from lightning_meta.learners import ProtoNet
 from lightning_meta.models import Conv4
@@ -92,39 +91,16 @@ class Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-class DomainProtoNet(ProtoNet):
-    """ProtoNet with the per-domain lines proposed for ``MetaLearner`` (learners/base.py), added around its steps."""
-
-    def __init__(self, backbone: torch.nn.Module, *, lr: float = 1e-3) -> None:
-        super().__init__(backbone, lr=lr)
-        self.val_domain_accuracy = DomainAccuracy()  # proposed: in MetaLearner.__init__
-        self.test_domain_accuracy = DomainAccuracy()
-        self._predictions: torch.Tensor | None = None
-
-    def _eval_forward(self, batch: Episode) -> tuple[torch.Tensor, torch.Tensor]:
-        loss, self._predictions = super()._eval_forward(batch)
-        return loss, self._predictions
-
-    def _evaluate(self, batch: Episode, stage: str) -> None:
-        super()._evaluate(batch, stage)
-        if batch.is_classification:  # proposed: in MetaLearner._evaluate, beside the accuracy update
-            getattr(self, f"{stage}_domain_accuracy").update(self._predictions, batch)
-
-    def _log_episode_metrics(self, stage: str) -> None:
-        log_domain_accuracy(self, getattr(self, f"{stage}_domain_accuracy"), stage)  # proposed: first line there
-        super()._log_episode_metrics(stage)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--validate", action="store_true", help="write DomainProtoNet's validation metrics instead")
+    parser.add_argument("--validate", action="store_true", help="write ProtoNet's per-domain validation metrics")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.validate:
         torch.manual_seed(0)
-        learner = DomainProtoNet(Conv4(in_channels=3, hidden=8, image_size=16))
+        learner = ProtoNet(Conv4(in_channels=3, hidden=8, image_size=16))
         trainer = L.Trainer(
             accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto", logger=False,
             enable_progress_bar=False, enable_model_summary=False,
