@@ -45,7 +45,12 @@ class MatchingNet(MetaLearner):
         embedding_dim: number of features the backbone outputs, needed only to build the FCE LSTMs (default: read
             from a :mod:`lightning_meta.models` backbone: its ``head``'s outputs, else its ``feature_dim``).
         fce_steps: processing steps of the attention LSTM (FCE only).
-        scale: positive factor on the cosine similarities before the softmax (the paper: 1).
+        scale: positive factor on the cosine similarities before the softmax (the paper: 1). It bounds how sure
+            the attention can be: in a ``W``-way 1-shot episode a query gets at most ``1 / (1 + (W - 1) exp(-2 *
+            scale))`` on its class, and with non-negative embeddings (a backbone ending in ReLU and pooling, such as
+            :class:`~lightning_meta.models.Conv4`, whose cosines lie in ``[0, 1]``) at most ``exp(scale) /
+            (exp(scale) + W - 1)``: 0.40 for 5-way at scale 1, so the loss cannot fall below 0.90 and stays large
+            for tasks already classified right. A larger scale (10 gives 0.9998) lifts the bound.
         lr: learning rate of the outer optimizer, Adam.
 
     Raises:

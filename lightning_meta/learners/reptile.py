@@ -24,6 +24,14 @@ class Reptile(GradientLearner):
     ``training_step``, so automatic optimization, mixed precision, clipping, accumulation and DDP work unchanged.
     With the default SGD outer optimizer, ``lr`` is Reptile's outer step size epsilon.
 
+    Evaluation is transductive by default: the adapted model sees a task's queries as one batch, so a
+    batch-statistics normalisation (:class:`~lightning_meta.models.BatchStatNorm2d`) normalises them together,
+    as in the other learners here. ``transductive=False`` is the paper's headline protocol (its Table 1
+    "non-transductive" rows; ``run_omniglot.py`` without ``--transductive``): each query is classified alone, in
+    one batch with the task's support set (supervised_reptile's ``_test_predictions``), so no query's statistics
+    reach another's prediction. It costs one forward pass per query instead of one per task, and applies only in
+    evaluation; training is unchanged.
+
     Logged: ``train/loss`` is the surrogate; ``train/query_loss`` the query loss after adaptation.
 
     Args:
@@ -32,6 +40,8 @@ class Reptile(GradientLearner):
             Reptile always adapts first order. The paper's Omniglot and mini-ImageNet settings adapt with
             ``optimizer=Adam(betas=(0.0, 0.999))``.
         lr: outer step size (SGD learning rate).
+        transductive: whether evaluation predicts a task's queries together (``True``) or each one alone beside
+            the support set (``False``).
 
     Example:
         >>> import torch
@@ -41,6 +51,11 @@ class Reptile(GradientLearner):
         >>> x = torch.randn(2, 10, 1)
         >>> surrogate, predictions = reptile.meta_loss(Episode(x, torch.sin(x), x, torch.sin(x), batched=True))
         >>> surrogate.backward()
+        >>> predictions.shape
+        torch.Size([2, 10, 1])
+        >>> alone = Reptile(MLP(), inner_loop=InnerLoop(lr=0.01, steps=3, vectorize="loop"), transductive=False)
+        >>> _ = alone.eval()
+        >>> loss, predictions = alone.meta_loss(Episode(x, torch.sin(x), x, torch.sin(x), batched=True))
         >>> predictions.shape
         torch.Size([2, 10, 1])
     """
@@ -54,14 +69,45 @@ class Reptile(GradientLearner):
         *,
         inner_loop: InnerLoop | None = None,
         lr: float = 1.0,
+        transductive: bool = True,
     ) -> None:
         super().__init__(model, inner_loop=inner_loop, lr=lr)
+        if not isinstance(transductive, bool):
+            raise ValueError(f"Reptile: transductive must be True or False, got {transductive!r}.")
+        self.transductive = transductive
         self.save_learner_hyperparameters()
+
+    def predict_each_alone(self, support_x: Tensor, query_x: Tensor, state: Params) -> Tensor:
+        """Query predictions, each query in a batch of its own with the support inputs (non-transductive).
+
+        Args:
+            support_x: ``[T, n_support, ...]``.
+            query_x: ``[T, n_query, ...]``.
+            state: the adapted parameters, as :meth:`adapt` returns them.
+
+        Returns:
+            ``[T, n_query, ...]``, the output for each query from the batch ``support + that query``.
+        """
+        n_support = support_x.shape[1]
+        outputs = [
+            self.predict(torch.cat([support_x, query_x[:, j : j + 1]], dim=1), state)[:, n_support:]
+            for j in range(query_x.shape[1])
+        ]
+        return torch.cat(outputs, dim=1)
+
+    @override
+    def forward(self, episode: Episode) -> Tensor:
+        if self.training or self.transductive:
+            return super().forward(episode)
+        return self.predict_each_alone(episode.support_x, episode.query_x, self.adapt(episode.support_set))
 
     @override
     def meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         if not self.training:
-            return super().meta_loss(episode)
+            if self.transductive:
+                return super().meta_loss(episode)
+            predictions = self.forward(episode)
+            return self.query_loss(predictions, episode), predictions
         theta = self.inner_params()
         with torch.no_grad():
             phi = cast(Params, self.adapt_params(episode, steps=self.inner_loop.steps, first_order=True))

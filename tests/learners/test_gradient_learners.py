@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import gc
 import math
+from dataclasses import replace
 
 import lightning as L
 import numpy as np
@@ -148,6 +149,58 @@ def test_reptile_outer_sgd_step_moves_theta_towards_phi():
     for n, p in learner.model.named_parameters():
         expected = before[f"model.{n}"] + 0.5 * (phi[n][0].detach() - before[f"model.{n}"])
         torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=1e-14)
+
+
+def reptile_classification_episode(n_tasks: int = 2, ways: int = 3, queries: int = 4) -> Episode:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(ways).repeat(n_tasks, 1)
+    return Episode(
+        torch.randn(n_tasks, ways, 1, 28, 28, generator=g, dtype=torch.float64),
+        labels,
+        torch.randn(n_tasks, ways * queries, 1, 28, 28, generator=g, dtype=torch.float64),
+        torch.arange(ways).repeat_interleave(queries).repeat(n_tasks, 1),
+        ways=ways,
+        batched=True,
+    )
+
+
+def test_reptile_non_transductive_evaluation_classifies_each_query_alone_beside_the_support_set():
+    # The reference is supervised_reptile's _test_predictions: for each query, train a copy of the network on the
+    # support set, then run it on support + that one query in one batch and keep the last output.
+    torch.manual_seed(0)
+    net = Conv4(in_channels=1, hidden=8, out_features=3, image_size=28).double()
+    inner = InnerLoop(lr=0.05, steps=2, vectorize="loop")
+    alone = Reptile(copy.deepcopy(net), inner_loop=inner, transductive=False).eval()
+    together = Reptile(copy.deepcopy(net), inner_loop=inner).eval()
+    batch = reptile_classification_episode()
+    with torch.enable_grad():
+        loss, predictions = alone.meta_loss(batch)
+        transductive = together.meta_loss(batch)[1]
+    for t, task in enumerate(batch):
+        phi = copy.deepcopy(net)
+        sgd = torch.optim.SGD(phi.parameters(), lr=0.05)
+        for _ in range(2):
+            sgd.zero_grad()
+            F.cross_entropy(phi(task.support_x), task.support_y).backward()
+            sgd.step()
+        with torch.no_grad():
+            expected = torch.stack([phi(torch.cat([task.support_x, q[None]]))[-1] for q in task.query_x])
+            torch.testing.assert_close(predictions[t], expected, rtol=1e-9, atol=1e-10)
+            torch.testing.assert_close(transductive[t], phi(task.query_x), rtol=1e-9, atol=1e-10)
+    assert not torch.allclose(predictions, transductive)  # batch statistics: the protocols differ
+    expected_loss = F.cross_entropy(predictions.reshape(-1, 3), batch.query_y.reshape(-1))
+    torch.testing.assert_close(loss, expected_loss)
+    # a query's prediction does not depend on the other queries
+    changed = batch.query_x.clone()
+    changed[:, 1:] = torch.randn_like(changed[:, 1:])
+    with torch.enable_grad():
+        again = alone.meta_loss(replace(batch, query_x=changed))[1]
+    torch.testing.assert_close(again[:, 0], predictions[:, 0])
+
+
+def test_reptile_refuses_a_transductive_setting_that_is_not_a_bool():
+    with pytest.raises(ValueError, match="transductive must be True or False, got 'no'"):
+        Reptile(MLP(), transductive="no")  # type: ignore[arg-type]
 
 
 def test_anil_adapts_the_head_only():

@@ -45,6 +45,19 @@ def test_matchingnet_probabilities_match_hand_written_cosine_attention(scale):
     torch.testing.assert_close(logits.softmax(-1), expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_matchingnet_confidence_with_non_negative_embeddings_is_bounded_as_documented(scale):
+    # The best case for a query of class 0 with non-negative embeddings: cosine 1 to its own support example and 0
+    # to the other four; P(class 0) can go no higher than exp(scale) / (exp(scale) + 4).
+    learner = MatchingNet(nn.Identity(), scale=scale)
+    support = torch.eye(5)
+    task = Episode(support, torch.arange(5), support[:1], torch.zeros(1, dtype=torch.long), ways=5)
+    p_correct = learner(Episode.stack([task]))[0, 0, 0].exp()
+    bound = torch.exp(torch.tensor(scale)) / (torch.exp(torch.tensor(scale)) + 4)
+    torch.testing.assert_close(p_correct, bound)
+    assert (p_correct < 0.41) if scale == 1.0 else (p_correct > 0.999)
+
+
 def test_matchingnet_full_context_embeddings_run_change_the_output_and_get_gradients():
     torch.manual_seed(0)
     backbone = mlp(6, 5).double()
