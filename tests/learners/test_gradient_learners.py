@@ -218,6 +218,49 @@ def test_anil_adapts_the_head_only():
     assert all(p.grad is not None for p in learner.model.parameters())  # the body is meta-learned
 
 
+class HeadThenScale(nn.Module):
+    """A user's network whose output is not its head's output: ANIL cannot reuse the body's features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = Conv4(in_channels=1, hidden=4, image_size=16)
+        self.head = nn.Linear(self.body.feature_dim, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2.0 * self.head(self.body(x))
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+@pytest.mark.parametrize("kind", ["conv4", "head_then_scale"])
+def test_anil_meta_gradient_matches_a_hand_written_second_order_loop_over_the_whole_network(strategy, kind):
+    # The reference runs the whole network at every inner step (torch.func.functional_call with the head's fast
+    # weights), differentiating through the inner gradients; ANIL reuses the body's features where it can.
+    torch.manual_seed(0)
+    net = small_conv() if kind == "conv4" else HeadThenScale().double()
+    learner = ANIL(copy.deepcopy(net), inner_loop=InnerLoop(lr=0.3, steps=3, first_order=False, vectorize=strategy))
+    batch = image_batch()
+    loss, _ = learner.meta_loss(batch)
+    loss.backward()
+    assert learner.caches_features is (kind == "conv4")
+    heads = ["head.weight", "head.bias"]
+    losses = []
+    for task in batch:
+        fast = [dict(net.named_parameters())[n] for n in heads]
+        for _ in range(3):
+            support_loss = F.cross_entropy(
+                torch.func.functional_call(net, dict(zip(heads, fast, strict=True)), (task.support_x,)), task.support_y
+            )
+            grads = torch.autograd.grad(support_loss, fast, create_graph=True)
+            fast = [w - 0.3 * g for w, g in zip(fast, grads, strict=True)]
+        outputs = torch.func.functional_call(net, dict(zip(heads, fast, strict=True)), (task.query_x,))
+        losses.append(F.cross_entropy(outputs, task.query_y))
+    expected_loss = torch.stack(losses).mean()
+    expected_loss.backward()
+    torch.testing.assert_close(loss.detach(), expected_loss.detach(), rtol=1e-10, atol=1e-12)
+    expected = {f"model.{n}": p.grad for n, p in net.named_parameters()}
+    assert_close_dicts(expected, grads_of(learner), rtol=1e-8)
+
+
 def test_anil_refuses_a_missing_head():
     with pytest.raises(ValueError, match=r"head='classifier' names no parameters.*'body', 'head'"):
         ANIL(MLP(), head="classifier")
