@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lightning_meta.cli import DEFAULT_CONFIG, main
+from lightning_meta.cli import DEFAULT_CONFIG, main, run
 
 
 @pytest.fixture(autouse=True)
@@ -106,3 +106,25 @@ def test_a_missing_dataset_fails_in_a_few_lines_naming_the_file_and_the_download
     lines = [line for line in result.stderr.splitlines() if line.startswith("lightning-meta")]
     assert len(lines) == 1 and "images_background.zip" in lines[0] and "download: true" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_model_option_on_the_command_line_wins_over_the_checkpoints_hyperparameters(capsys, tmp_path):
+    # LightningCLI puts a checkpoint's hyper-parameters over the whole configuration; an explicit --model.* option
+    # must not be dropped without a word, while the config file's values still give way to the checkpoint's.
+    short = ["--config", str(DEFAULT_CONFIG), "--data.init_args.train_episodes=50", "--data.init_args.eval_episodes=25",
+             f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]  # fmt: skip
+    run(["fit", *short, "--trainer.max_epochs=1", "--trainer.enable_checkpointing=true", "--model.init_args.lr=0.002"])
+    (checkpoint,) = tmp_path.glob("**/*.ckpt")
+    capsys.readouterr()
+    evaluate = [
+        "test",
+        *short,
+        "--data.init_args.test.class_path=lightning_meta.data.Sinusoid",
+        f"--ckpt_path={checkpoint}",
+    ]
+    assert run(evaluate).model.lr == 0.002  # the checkpoint's, over the config file's 0.001
+    assert "replaces" not in capsys.readouterr().err
+    assert run([*evaluate, "--model.init_args.lr=0.005"]).model.lr == 0.005
+    assert "--model.init_args.lr 0.005 replaces the checkpoint's 0.002" in capsys.readouterr().err
+    assert run([*evaluate, "--model.lr", "0.003"]).model.lr == 0.003
+    assert "--model.lr 0.003 replaces the checkpoint's 0.002" in capsys.readouterr().err
