@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -13,18 +13,9 @@ from torch.func import vmap
 from typing_extensions import override
 
 from lightning_meta import functional
-from lightning_meta.episode import Episode, SupportSet
+from lightning_meta.episode import Episode
 from lightning_meta.inner_loop import InnerLoop
 from lightning_meta.learners.maml import MAML
-
-
-def _strip(lr: Any, prefix: str) -> Any:
-    """Learning rates keyed by the model's parameter names, keyed by the head's own names instead."""
-    if isinstance(lr, Mapping):
-        return {name[len(prefix) :]: rate for name, rate in lr.items() if name.startswith(prefix)}
-    if isinstance(lr, (list, tuple)):
-        return type(lr)(_strip(rates, prefix) for rates in lr)
-    return lr
 
 
 class ANIL(MAML):
@@ -84,6 +75,7 @@ class ANIL(MAML):
         self._head_names = names
         #: whether the body's features are computed once per task (decided on the first batch; see above)
         self.caches_features: bool | None = None
+        self._kept_features: dict[int, tuple[Tensor, Tensor]] | None = None
         super().__init__(
             model,
             inner_loop=inner_loop,
@@ -106,6 +98,9 @@ class ANIL(MAML):
         """
         if self.caches_features is False:
             return None
+        kept = self._kept_features.get(id(x)) if self._kept_features is not None else None
+        if kept is not None and kept[0] is x:
+            return kept[1]
         head = self.model.get_submodule(self.head)
 
         def task_features(x_task: Tensor) -> tuple[Tensor, Tensor]:
@@ -133,49 +128,48 @@ class ANIL(MAML):
             )
             return None
         self.caches_features = True
+        if self._kept_features is not None:
+            self._kept_features[id(x)] = (x, inputs)
         return inputs
 
+    @contextlib.contextmanager
+    def reusing_features(self) -> Iterator[None]:
+        """Inside, :meth:`features` of the same input tensor is computed once (the body is fixed inside a task).
+
+        :meth:`batch_meta_loss` and :meth:`predictions_after` use it, so the query set's features are computed once
+        although the query set is predicted after each inner step (MAML++'s multi-step loss, adaptation curves).
+        """
+        outer, self._kept_features = self._kept_features, {}
+        try:
+            yield
+        finally:
+            self._kept_features = outer
+
     @override
-    def adapt_params(
-        self, support: Episode | SupportSet, *, steps: int, first_order: bool, return_all: bool = False
-    ) -> functional.Params | list[functional.Params]:
-        """As :meth:`GradientLearner.adapt_params`, with the inner loop on the head alone over cached features."""
-        if self.caches_features is False:
-            return super().adapt_params(support, steps=steps, first_order=first_order, return_all=return_all)
-        self.check_outputs(support)
-        self._ways = support.ways if self.variable_ways and support.is_classification else None
+    def batch_meta_loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        with self.reusing_features():
+            return super().batch_meta_loss(episode)
+
+    @override
+    def predictions_after(self, batch: Episode, steps: Sequence[int]) -> dict[int, Tensor]:
+        with self.reusing_features():
+            return super().predictions_after(batch, steps)
+
+    @override
+    def inner_problem(
+        self, support_x: Tensor, params: functional.Params
+    ) -> tuple[nn.Module, functional.Params, Tensor, str]:
+        """The head on the body's features of ``support_x``, or the whole model where it cannot be split."""
+        features = self.features(support_x)
+        if features is None:
+            return super().inner_problem(support_x, params)
         prefix = self.head + "."
-        model_params = self.inner_params()
-        names = [name[len(prefix) :] for name in self.inner_names(model_params)]
-        params = {name[len(prefix) :]: p for name, p in model_params.items() if name.startswith(prefix)}
-        device = support.support_x.device.type
-        float32 = self.inner_loop.precision == "float32" and torch.is_autocast_enabled(device)
-        with torch.autocast(device, enabled=False) if float32 else contextlib.nullcontext():
-            features = self.features(support.support_x)
-            if features is None:
-                return super().adapt_params(support, steps=steps, first_order=first_order, return_all=return_all)
-            adapted = functional.adapt_batch(
-                self.model.get_submodule(self.head),
-                params,
-                features,
-                support.support_y,
-                loss_fn=self.support_loss if self._ways is None else self._support_loss_of_ways,
-                steps=steps,
-                lr=_strip(self.inner_lr_for(steps), prefix),
-                first_order=first_order,
-                names=names,
-                return_all=return_all,
-                strategy=self.current_vectorize(),  # type: ignore[arg-type]
-                compiled=self.inner_loop.compiled,
-                optimizer=self.inner_transform(),
-            )
-        if isinstance(adapted, list):
-            return [{**model_params, **{prefix + name: t for name, t in state.items()}} for state in adapted]
-        return {**model_params, **{prefix + name: t for name, t in adapted.items()}}
+        head_params = {name[len(prefix) :]: p for name, p in params.items() if name.startswith(prefix)}
+        return self.model.get_submodule(self.head), head_params, features, prefix
 
     @override
     def predict(self, query_x: Tensor, state: Mapping[str, Tensor]) -> Tensor:
-        features = None if self.caches_features is False else self.features(query_x)
+        features = self.features(query_x)
         if features is None:
             return super().predict(query_x, state)
         prefix = self.head + "."

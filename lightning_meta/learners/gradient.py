@@ -28,6 +28,17 @@ def task_loss(outputs: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(outputs, targets)
 
 
+def _under(lr: Any, prefix: str) -> Any:
+    """Learning rates keyed by the model's parameter names, keyed by the names under ``prefix`` instead."""
+    if not prefix:
+        return lr
+    if isinstance(lr, Mapping):
+        return {name[len(prefix) :]: rate for name, rate in lr.items() if name.startswith(prefix)}
+    if isinstance(lr, (list, tuple)):
+        return type(lr)(_under(rates, prefix) for rates in lr)
+    return lr
+
+
 class GradientLearner(MetaLearner):
     """Adapts a model to each task by gradient steps on its support loss, through :mod:`lightning_meta.functional`.
 
@@ -214,21 +225,45 @@ class GradientLearner(MetaLearner):
         device = support.support_x.device.type
         float32 = self.inner_loop.precision == "float32" and torch.is_autocast_enabled(device)
         with torch.autocast(device, enabled=False) if float32 else contextlib.nullcontext():
-            return functional.adapt_batch(
-                self.model,
-                params,
-                support.support_x,
+            module, inner_params, inputs, prefix = self.inner_problem(support.support_x, params)
+            adapted = functional.adapt_batch(
+                module,
+                inner_params,
+                inputs,
                 support.support_y,
                 loss_fn=self.support_loss if self._ways is None else self._support_loss_of_ways,
                 steps=steps,
-                lr=self.inner_lr_for(steps),
+                lr=_under(self.inner_lr_for(steps), prefix),
                 first_order=first_order,
-                names=self.inner_names(params),
+                names=[name[len(prefix) :] for name in self.inner_names(params)],
                 return_all=return_all,
                 strategy=self.current_vectorize(),  # type: ignore[arg-type]
                 compiled=self.inner_loop.compiled,
                 optimizer=self.inner_transform(),
             )
+        if not prefix:
+            return adapted
+
+        def in_model(state: functional.Params) -> functional.Params:
+            return {**params, **{prefix + name: t for name, t in state.items()}}
+
+        return [in_model(state) for state in adapted] if isinstance(adapted, list) else in_model(adapted)
+
+    def inner_problem(
+        self, support_x: Tensor, params: functional.Params
+    ) -> tuple[nn.Module, functional.Params, Tensor, str]:
+        """What the inner loop differentiates: ``(module, its parameters, its inputs, prefix)``.
+
+        By default the whole model on the support inputs, with prefix ``""``. A learner whose inner loop runs on a
+        part of the model overrides this: :class:`ANIL` returns its head, the head's parameters (named without
+        ``prefix``, ``"head."``), and the body's features of ``support_x``; the adapted tensors are put back into
+        the model's parameters under ``prefix``, and the learning rates keyed by the model's names are re-keyed.
+
+        Args:
+            support_x: the support inputs, ``[tasks, n, ...]``.
+            params: the model's parameters for the inner loop (:meth:`inner_params`).
+        """
+        return self.model, params, support_x, ""
 
     def _support_loss_of_ways(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return self.support_loss(self.keep_ways(outputs), targets)

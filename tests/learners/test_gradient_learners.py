@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import math
@@ -259,6 +260,40 @@ def test_anil_meta_gradient_matches_a_hand_written_second_order_loop_over_the_wh
     torch.testing.assert_close(loss.detach(), expected_loss.detach(), rtol=1e-10, atol=1e-12)
     expected = {f"model.{n}": p.grad for n, p in net.named_parameters()}
     assert_close_dicts(expected, grads_of(learner), rtol=1e-8)
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_anil_runs_the_body_once_per_input_when_predicting_after_every_inner_step(strategy, monkeypatch):
+    # MAML++'s multi-step loss and the adaptation curves predict the query set after each inner step. The body is
+    # fixed inside a task, so ANIL runs it once on the support set and once on the query set, not once per step;
+    # the loss, its meta-gradient and the curve's predictions equal those of recomputing the features each time.
+    torch.manual_seed(0)
+    learner = ANIL(small_conv(), inner_loop=InnerLoop(lr=0.3, steps=3, vectorize=strategy), multi_step_loss=True)
+    batch = image_batch()
+    learner.meta_loss(batch)  # the first batch checks the outputs and decides on feature reuse
+    calls = []
+    learner.model.register_forward_hook(lambda *args: calls.append(1))
+    per_input = 1 if strategy == "vmap" else batch.n_tasks  # vmap runs the body once for every task
+
+    def run():
+        learner.zero_grad()
+        loss, _ = learner.meta_loss(batch)
+        loss.backward()
+        learner.eval()
+        curve = {k: p.detach() for k, p in learner.predictions_after(batch, [0, 1, 2, 3]).items()}
+        learner.train()
+        return loss.detach(), grads_of(learner), curve
+
+    calls.clear()
+    loss, grads, curve = run()
+    assert len(calls) == 2 * per_input + 2 * per_input  # meta-loss: support, query; curve: support, query
+    monkeypatch.setattr(learner, "reusing_features", contextlib.nullcontext)
+    calls.clear()
+    expected_loss, expected_grads, expected_curve = run()
+    assert len(calls) == (1 + 3) * per_input + (1 + 4) * per_input  # the query set once per step
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=0)
+    assert_close_dicts(expected_grads, grads, rtol=1e-10)
+    assert_close_dicts(expected_curve, curve, rtol=1e-12)
 
 
 def test_anil_refuses_a_missing_head():
