@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
 
 
@@ -30,15 +31,23 @@ def print_adaptation(
         return {}
     batches = list(itertools.islice(loader, max_batches))
     steps = steps or sorted({0, 1, learner.inner_loop.evaluation_steps})
-    curve: dict[int, float] = learner.adaptation_curve(batches, steps)
-    metric = "query cross-entropy" if batches[0].is_classification else "query MSE"
     tasks = sum(batch.n_tasks for batch in batches)
+    console = Console()
+    # as long as a validation run of as many meta-batches: say what runs, and show progress on a terminal
+    meta_batches = f"{len(batches)} meta-batch" + ("" if len(batches) == 1 else "es")
+    console.print(
+        f"Adaptation summary: {type(learner).__name__} on {tasks} validation tasks ({meta_batches}), "
+        f"query loss after {', '.join(map(str, steps))} inner steps"
+    )
+    progress = track(batches, description="adapting", console=console, transient=True)
+    curve: dict[int, float] = learner.adaptation_curve(progress, steps)
+    metric = "query cross-entropy" if batches[0].is_classification else "query MSE"
     table = Table(title=f"{type(learner).__name__}, {tasks} validation tasks")
     table.add_column("inner steps", justify="right")
     table.add_column(metric, justify="right")
     for k, value in curve.items():
         table.add_row(f"{k}" + (" (before adaptation)" if k == 0 else ""), f"{value:.4f}")
-    Console().print(table)
+    console.print(table)
     return curve
 
 

@@ -19,6 +19,7 @@ def test_fit_runs_the_embedded_default_and_prints_the_error_before_and_after_ada
           "--data.init_args.eval_episodes=25", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
     out = capsys.readouterr().out
     assert "0 (before adaptation)" in out and "query MSE" in out
+    assert "Adaptation summary: MAML on 25 validation tasks (" in out  # said before the work starts
     adaptation = out[out.index("inner steps") :]  # the validation table comes first
     rows = [line for line in adaptation.splitlines() if line.strip().startswith("│")]
     values = [float(row.split("│")[2]) for row in rows]
