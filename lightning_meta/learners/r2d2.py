@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -104,10 +106,24 @@ class R2D2(MetaLearner):
         log_lambda = torch.tensor(math.log(ridge_lambda))
         if learn_lambda:
             self.log_lambda = nn.Parameter(log_lambda)
-        else:
-            self.register_buffer("log_lambda", log_lambda)
+        else:  # a setting, not state: not saved, so the arguments (and the command line) give it on loading
+            self.register_buffer("log_lambda", log_lambda, persistent=False)
         self.scale = nn.Parameter(torch.tensor(float(scale)))
         self.bias = nn.Parameter(torch.tensor(0.0))
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints of versions that saved a fixed penalty still load; the arguments' ``ridge_lambda`` applies."""
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("state_dict", {})
+        if isinstance(self.log_lambda, nn.Parameter) or "log_lambda" not in state:
+            return
+        saved = float(state.pop("log_lambda").exp())
+        if not math.isclose(saved, float(self.log_lambda.exp()), rel_tol=1e-6):
+            rank_zero_warn(
+                f"R2D2: the checkpoint's fixed ridge penalty {saved:g} is not used: learn_lambda=False, so the "
+                f"penalty is the argument ridge_lambda={float(self.log_lambda.exp()):g}."
+            )
 
     @staticmethod
     def _with_bias_column(features: Tensor) -> Tensor:

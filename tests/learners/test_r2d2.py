@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import warnings
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -104,3 +106,24 @@ def test_r2d2_short_fit_trained_20_way_beats_chance_at_5_way_test(tmp_path):
     assert after["test/acc"] > before["test/acc"] + 0.2, (before, after)  # observed: 0.42 -> 0.89
     assert after["test/acc"] > 0.7, after  # chance is 0.2
     assert math.isfinite(learner.log_lambda.item())
+
+
+def test_a_fixed_ridge_penalty_comes_from_the_arguments_not_the_checkpoint(tmp_path):
+    # learn_lambda=False makes lambda a setting: `--model.init_args.ridge_lambda` at test time must apply. Earlier
+    # versions saved it as a buffer, which silently replaced the argument on loading; such checkpoints still load.
+    saved = R2D2(mlp(), ridge_lambda=2.0, learn_lambda=False)
+    assert "log_lambda" not in saved.state_dict()
+    checkpoint = {
+        "state_dict": {**saved.state_dict(), "log_lambda": torch.tensor(math.log(2.0))},
+        "hyper_parameters": dict(saved.hparams),
+        "pytorch-lightning_version": L.__version__,
+    }
+    saved.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    with pytest.warns(UserWarning, match=r"fixed ridge penalty 2 is not used.*ridge_lambda=0\.5"):
+        loaded = R2D2.load_from_checkpoint(tmp_path / "old.ckpt", backbone=mlp(), ridge_lambda=0.5)
+    assert loaded.log_lambda.exp().item() == pytest.approx(0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same = R2D2.load_from_checkpoint(tmp_path / "old.ckpt", backbone=mlp())
+    assert same.log_lambda.exp().item() == pytest.approx(2.0)
