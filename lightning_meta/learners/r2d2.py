@@ -71,6 +71,11 @@ class R2D2(MetaLearner):
         ridge_lambda: initial ridge penalty ``lambda`` (positive).
         learn_lambda: meta-learn ``lambda`` (else it stays fixed).
         scale: initial output scale ``alpha`` (positive).
+        lambda_per_example: the penalty is ``ridge_lambda`` times the episode's number of support examples ``n``.
+            This is the reference code's solve (bertinetto/r2d2, ``fewshots/models/r2d2.py``), which divides the
+            support embeddings and one-hot targets by ``sqrt(n)`` first: the same weights as ``lambda = n *
+            ridge_lambda`` on the raw embeddings. One ``ridge_lambda`` then suits every number of ways and shots
+            (the reference's 50 acts as 15,000 on its 60-way 5-shot training episodes and as 250 on 5-way 1-shot).
         lr: learning rate of the outer optimizer, Adam.
 
     Raises:
@@ -94,6 +99,7 @@ class R2D2(MetaLearner):
         ridge_lambda: float = 1.0,
         learn_lambda: bool = True,
         scale: float = 1.0,
+        lambda_per_example: bool = False,
         lr: float = 1e-3,
     ) -> None:
         super().__init__(lr=lr)
@@ -103,6 +109,7 @@ class R2D2(MetaLearner):
             raise ValueError(f"R2D2: scale must be a positive number, got {scale!r}.")
         self.save_learner_hyperparameters()
         self.backbone = backbone
+        self.lambda_per_example = lambda_per_example
         log_lambda = torch.tensor(math.log(ridge_lambda))
         if learn_lambda:
             self.log_lambda = nn.Parameter(log_lambda)
@@ -139,7 +146,8 @@ class R2D2(MetaLearner):
         with torch.autocast(features.device.type, enabled=False):
             x = self._with_bias_column(features.to(dtype))
             y = F.one_hot(support.support_y, support.ways).to(dtype)
-            return ridge_regression(x, y, self.log_lambda.exp().to(dtype), form="auto")
+            penalty = self.log_lambda.exp().to(dtype) * (x.shape[-2] if self.lambda_per_example else 1)
+            return ridge_regression(x, y, penalty, form="auto")
 
     @override
     def predict(self, query_x: Tensor, state: Tensor) -> Tensor:

@@ -64,6 +64,24 @@ def test_r2d2_head_and_logits_match_the_paper_formula():
             torch.testing.assert_close(logits[t], 3.0 * xq @ w + 0.25)
 
 
+@pytest.mark.parametrize("shots", [1, 5])
+def test_a_penalty_per_support_example_equals_the_reference_codes_normalised_solve(shots):
+    # bertinetto/r2d2 fewshots/models/r2d2.py: the support embeddings with their bias column and the one-hot targets
+    # are divided by sqrt(n_way * n_shot), then W = (X^T X + lambda I)^-1 X^T Y; the queries are not divided
+    torch.manual_seed(1)
+    backbone = mlp(6, 20).double()
+    learner = R2D2(backbone, ridge_lambda=0.7, scale=3.0, lambda_per_example=True).double()
+    episode = random_meta_batch(n_tasks=2, ways=4, shots=shots, queries=3, dim=6)
+    with torch.no_grad():
+        head = learner.adapt(episode)
+        for t, task in enumerate(episode):
+            n = 4 * shots
+            x = torch.cat([backbone(task.support_x), torch.ones(n, 1, dtype=torch.float64)], 1) / math.sqrt(n)
+            y = F.one_hot(task.support_y, 4).double() / math.sqrt(n)
+            w = torch.linalg.inv(x.T @ x + 0.7 * torch.eye(21, dtype=torch.float64)) @ x.T @ y
+            torch.testing.assert_close(head[t], w)
+
+
 def test_r2d2_meta_learns_lambda_scale_and_backbone_through_the_closed_form_solve():
     torch.manual_seed(0)
     learner = R2D2(mlp(6, 20))
