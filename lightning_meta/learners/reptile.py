@@ -86,13 +86,8 @@ class Reptile(GradientLearner):
             state: the adapted parameters, as :meth:`adapt` returns them.
 
         Returns:
-            ``[T, n_query, ...]``, the output for each query from the batch ``support + that query``. In evaluation
-            (``self.training`` false) without gradients: each pass would otherwise keep its activations for a
-            backward that never comes, one graph per query (17 GB for a 20-task 5-way 5-shot meta-batch of Conv4).
+            ``[T, n_query, ...]``, the output for each query from the batch ``support + that query``.
         """
-        if not self.training and torch.is_grad_enabled():
-            with torch.no_grad():
-                return self.predict_each_alone(support_x, query_x, state)
         n_support = support_x.shape[1]
         outputs = [
             self.predict(torch.cat([support_x, query_x[:, j : j + 1]], dim=1), state)[:, n_support:]

@@ -197,8 +197,8 @@ def test_reptile_non_transductive_evaluation_classifies_each_query_alone_beside_
     with torch.enable_grad():
         again = alone.meta_loss(replace(batch, query_x=changed))[1]
     torch.testing.assert_close(again[:, 0], predictions[:, 0])
-    # evaluation keeps no graph per query (adaptation needs gradients, so they are on; the predictions need none)
-    assert not predictions.requires_grad and transductive.requires_grad
+    # evaluation keeps no graph (adaptation needs gradients, so they are on; the predictions need none)
+    assert not predictions.requires_grad and not transductive.requires_grad
 
 
 def test_reptile_refuses_a_transductive_setting_that_is_not_a_bool():
