@@ -74,7 +74,7 @@ def plot_curve(
     if paper is not None:
         ax.axhline(paper, color="black", ls="--", lw=1, label=f"{paper_label}: {paper:g} %")
     highest = max([a + (0 if math.isnan(c) else c) for a, c in zip(acc, ci, strict=True)] + [paper or 0.0])
-    ax.set_ylim(top=min(101.0, highest + 2.0))
+    ax.set_ylim(top=min(100.0, highest + 2.0))  # accuracy stops at 100 %, even where the CI band goes past it
     ax.set_xlabel("meta-steps")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_title(title, fontsize=10)
