@@ -1,6 +1,6 @@
 """Does a trained SNAIL read a support example's label, or its position in the sequence?
 
-    python benchmarks/snail_support_order.py CKPT --ways 20 [--root ../shared/data/omniglot] [--episodes 40]
+    python benchmarks/snail_support_order.py CKPT --ways 20 [--root DIR] [--cache-dir DIR] [--episodes 40]
 
 Loads a SNAIL checkpoint and tests it on Omniglot test episodes (``--episodes`` per setting, 5 queries per class,
 seed 1) twice: with the support set in the order the package's episodes have it (class 0's examples, then class
@@ -15,6 +15,7 @@ Prints the mean accuracy in % for 1 and 5 shots, both orders.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -22,32 +23,38 @@ from lightning_meta import Episode
 from lightning_meta.data import Omniglot
 from lightning_meta.data.tasks import LabelledTasks
 from lightning_meta.learners import SNAIL
+from lightning_meta.metrics import per_episode_accuracy
+
+DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="a SNAIL checkpoint (.ckpt) trained on Omniglot")
     parser.add_argument("--ways", type=int, required=True, help="the ways the checkpoint was trained for")
-    parser.add_argument("--root", default="../shared/data/omniglot")
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
+    parser.add_argument("--cache-dir", default=None, help="where decoded images are cached (root is read-only)")
     parser.add_argument("--episodes", type=int, default=40)
     args = parser.parse_args()
     torch.set_num_threads(1)
     learner = SNAIL.load_from_checkpoint(args.checkpoint, map_location="cpu").eval()
-    tasks = LabelledTasks(Omniglot(root=args.root, split="test"), split="test")
+    tasks = LabelledTasks(Omniglot(args.root, "test", cache_dir=args.cache_dir), split="test")
     generator = torch.Generator().manual_seed(1)
     for shots in (1, 5):
-        accuracy: dict[str, list[float]] = {"class order": [], "shuffled": []}
+        episodes: dict[str, list[Episode]] = {"class order": [], "shuffled": []}
         for _ in range(args.episodes):
             task = tasks.sample(generator, ways=args.ways, shots=shots, queries=5)
             order = torch.randperm(task.support_y.numel(), generator=generator)
-            for name, index in (("class order", torch.arange(order.numel())), ("shuffled", order)):
-                episode = Episode(
-                    task.support_x[index], task.support_y[index], task.query_x, task.query_y, ways=args.ways
-                )
-                with torch.inference_mode():
-                    logits = learner(Episode.stack([episode]))
-                accuracy[name].append((logits.argmax(-1)[0] == task.query_y).float().mean().item())
-        figures = ", ".join(f"{name} {100 * sum(a) / len(a):.1f} %" for name, a in accuracy.items())
+            episodes["class order"].append(task)
+            episodes["shuffled"].append(
+                Episode(task.support_x[order], task.support_y[order], task.query_x, task.query_y, ways=args.ways)
+            )
+        accuracy = {}
+        for name, tasks_in_order in episodes.items():
+            batch = Episode.stack(tasks_in_order)
+            with torch.inference_mode():
+                accuracy[name] = per_episode_accuracy(learner(batch), batch.query_y).mean().item()
+        figures = ", ".join(f"{name} {100 * a:.1f} %" for name, a in accuracy.items())
         print(f"{args.ways}-way {shots}-shot, {args.episodes} test episodes: {figures}", flush=True)
 
 
