@@ -127,12 +127,19 @@ class EpisodeDataset(Dataset):
         self.queries = queries
 
     def episode(self, epoch: int, index: int) -> Episode:
-        """The task with global index ``index`` of ``epoch``."""
+        """The task with global index ``index`` of ``epoch``, its support set in a random order.
+
+        Task families list the support set in class order (class 0's examples first); a learner that reads the
+        support set as a sequence (SNAIL) would learn to take a support example's class from its position. So the
+        support set is permuted by one more draw from the episode's generator, made after the task's: the classes
+        and examples are those ``tasks.sample`` draws, only their order changes.
+        """
         generator = episode_generator(self.seed, self.stage, epoch, index)
         task = self.tasks.sample(generator, ways=self.ways, shots=self.shots, queries=self.queries)
+        order = torch.randperm(task.support_y.shape[0], generator=generator)
         return Episode(
-            task.support_x,
-            task.support_y,
+            task.support_x[order],
+            task.support_y[order],
             task.query_x,
             task.query_y,
             ways=task.ways,

@@ -46,14 +46,16 @@ def fingerprint(batches: list[Episode]) -> list[list[float]]:
 
 
 # ---------------------------------------------------------------------------------------------------- episodes
-def test_classification_episode_has_remapped_labels_grouped_by_class():
+def test_classification_episode_has_remapped_labels_its_support_shuffled():
     data = blobs()
     dm = EpisodicDataModule(data, ways=3, shots=2, queries=4, tasks_per_batch=5, train_episodes=10)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch.batched and batch.n_tasks == 5 and batch.ways == 3
     assert batch.support_x.shape == (5, 6, 3) and batch.query_x.shape == (5, 12, 3)
-    assert batch.support_y[0].tolist() == [0, 0, 1, 1, 2, 2]
+    # the support set in a random order (SNAIL must not learn a class from its position), two of each label
+    assert sorted(batch.support_y[0].tolist()) == [0, 0, 1, 1, 2, 2]
+    assert any(task.support_y.tolist() != [0, 0, 1, 1, 2, 2] for task in batch)
     assert batch.query_y[0].tolist() == [0] * 4 + [1] * 4 + [2] * 4
     for task in batch:
         # every example of label j comes from one class of the dataset (blob centre = class id)

@@ -38,3 +38,49 @@ def test_episode_seed_separates_seed_stage_epoch_and_index():
     assert len(seeds) == 16 and all(0 <= s < 2**63 for s in seeds)
     # pinned: a change here silently changes every episode of every published run
     assert episode_seed(0, "train", 0, 5) == 2922541544882486114
+
+
+def _indexed_tasks(n_classes: int = 8, per_class: int = 6):
+    """A task family whose inputs are their own example index, so an episode's examples can be traced."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from lightning_meta.data.tasks import LabelledTasks
+
+    labels = torch.arange(n_classes).repeat_interleave(per_class)
+    return LabelledTasks(TensorDataset(torch.arange(len(labels)).float().unsqueeze(1), labels)), labels
+
+
+@pytest.mark.parametrize(("ways", "shots"), [(5, 1), (4, 3)])
+def test_an_episode_holds_the_drawn_tasks_support_set_shuffled_with_its_labels(ways, shots):
+    import torch
+
+    from lightning_meta.data import EpisodeDataset, episode_generator
+
+    tasks, labels = _indexed_tasks()
+    dataset = EpisodeDataset(tasks, stage="train", seed=3, ways=ways, shots=shots, queries=2)
+    for index in range(20):
+        episode = dataset.episode(epoch=1, index=index)
+        drawn = tasks.sample(episode_generator(3, "train", 1, index), ways=ways, shots=shots, queries=2)
+        # the same examples and labels as the task family's draw, in another order; the query set untouched
+        pairs = sorted(zip(episode.support_x.squeeze(1).tolist(), episode.support_y.tolist(), strict=True))
+        assert pairs == sorted(zip(drawn.support_x.squeeze(1).tolist(), drawn.support_y.tolist(), strict=True))
+        assert torch.equal(episode.query_x, drawn.query_x) and torch.equal(episode.query_y, drawn.query_y)
+        # each example keeps its own label: example x (an index into the dataset) is of one class throughout
+        support = zip(episode.support_x.squeeze(1).tolist(), episode.support_y.tolist(), strict=True)
+        links = {(c, int(labels[int(x)])) for x, c in support}
+        assert len(links) == ways and len({c for c, _ in links}) == len({k for _, k in links}) == ways
+        assert torch.equal(dataset.episode(epoch=1, index=index).support_x, episode.support_x)  # seeded
+
+
+def test_support_position_says_nothing_about_the_class():
+    """Over many 5-way 1-shot episodes, position i holds class i about 1 time in 5 (class order: always)."""
+    import torch
+
+    from lightning_meta.data import EpisodeDataset
+
+    tasks, _ = _indexed_tasks()
+    dataset = EpisodeDataset(tasks, stage="train", seed=0, ways=5, shots=1, queries=1)
+    support_y = torch.stack([dataset.episode(epoch=0, index=i).support_y for i in range(400)])
+    at_own_position = (support_y == torch.arange(5)).float().mean(0)  # per position, over episodes
+    assert ((at_own_position - 0.2).abs() < 0.07).all(), at_own_position  # binomial sd 0.02
