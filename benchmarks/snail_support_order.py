@@ -3,11 +3,12 @@
     python benchmarks/snail_support_order.py CKPT --ways 20 [--root DIR] [--cache-dir DIR] [--episodes 40]
 
 Loads a SNAIL checkpoint and tests it on Omniglot test episodes (``--episodes`` per setting, 5 queries per class,
-seed 1) twice: with the support set in the order the package's episodes have it (class 0's examples, then class
-1's, ...; labels ``arange(ways).repeat_interleave(shots)``) and with the same support examples and labels shuffled
-by one random permutation per episode. A model that reads the label inputs scores the same on both; one that
-learned "the i-th support example is class i" (possible when training support sets are in class order) falls to
-chance on shuffled support, and on more shots than it was trained with (positions no longer match classes).
+seed 1) twice: with the support set in class order, as task families draw it (class 0's examples, then class 1's,
+...; labels ``arange(ways).repeat_interleave(shots)``), and with the same support examples and labels shuffled by one
+random permutation per episode, as the package's episodes present them since they shuffle the support set. A model
+that reads the label inputs scores the same on both; one that learned "the i-th support example is class i" (what
+SNAIL learned when training support sets were in class order) falls to chance on shuffled support, and on more shots
+than it was trained with (positions no longer match classes).
 
 Prints the mean accuracy in % for 1 and 5 shots, both orders.
 """

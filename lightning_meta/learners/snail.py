@@ -170,13 +170,14 @@ class SNAIL(MetaLearner):
     block has), so the adaptation curve against shots applies.
 
     Warning:
-        The package's episodes list the support set in class order (label ``i`` at positions ``i * shots`` to
-        ``(i + 1) * shots - 1``), and SNAIL, unlike the other learners, sees that order. Trained on them it can learn
-        to read a support example's class from its position instead of its label input: the README's Omniglot
-        20-way 1-shot model scores 88 % on class-ordered test episodes, 6 % (chance: 5 %) on the same episodes with
-        their support shuffled, and 3 % with 5 shots (``benchmarks/snail_support_order.py``). Until training
-        episodes are shuffled by the package, shuffle each training episode's support inputs and labels with one
-        permutation before they reach SNAIL, and check a trained model with that script.
+        SNAIL, unlike the other learners, sees the order of the support set. Trained on support sets in class order
+        (label ``i`` at positions ``i * shots`` to ``(i + 1) * shots - 1``) it learns to read a support example's
+        class from its position instead of its label input: a 20-way 1-shot model trained so scored 88 % on
+        class-ordered Omniglot test episodes, 6 % (chance: 5 %) on the same episodes with their support shuffled, and
+        3 % with 5 shots. The package's episodes therefore present the support set in a random order
+        (:class:`~lightning_meta.data.EpisodeDataset`, so every :class:`~lightning_meta.data.EpisodicDataModule`);
+        if you build episodes yourself, shuffle each support set's inputs and labels with one permutation. Check a
+        trained model with ``benchmarks/snail_support_order.py`` (it should score the same in both orders).
 
     Args:
         backbone: embedding network mapping ``[n, *input_shape]`` to ``[n, *feature_shape]`` (flattened here), e.g.
