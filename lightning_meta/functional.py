@@ -210,6 +210,7 @@ def inner_loop(
     names: Collection[str] | None = None,
     return_all: bool = False,
     optimizer: InnerOptimizer | None = None,
+    batch_size: int | None = None,
 ) -> Params | list[Params]:
     """Adapt ``params`` to one task: ``steps`` steps of gradient descent on ``loss_fn(model(x), y)``.
 
@@ -232,6 +233,11 @@ def inner_loop(
         return_all: return the parameters after every step, not only the last (MAML++'s multi-step loss).
         optimizer: the update rule (:mod:`lightning_meta.inner_optim`; default ``SGD()``, plain gradient descent),
             given ``lr`` at every step. Its state starts fresh for the task; second order flows through it.
+        batch_size: examples per step (Reptile's inner mini-batches); ``None``: the whole support set every step.
+            Step ``k`` takes the examples at positions ``k * batch_size`` to ``(k + 1) * batch_size - 1`` modulo
+            ``len(x)``: the steps cycle through the support set in its order (a batch may wrap around into the next
+            pass). Episodes of :class:`~lightning_meta.data.EpisodicDataModule` list the support set in a random
+            order, so consecutive batches mix the classes.
 
     Returns:
         The adapted parameters (every entry of ``params``), or with ``return_all`` a list of ``steps`` such
@@ -257,7 +263,7 @@ def inner_loop(
         >>> model.head.weight.grad.shape
         torch.Size([1, 40])
     """
-    plan = _Plan.make("inner_loop", params, steps, lr, names, optimizer)
+    plan = _Plan.make("inner_loop", params, steps, lr, names, optimizer, batch_size)
     trace = _adapt(
         model,
         plan,
@@ -290,6 +296,7 @@ def adapt_batch(
     strategy: Strategy = "vmap",
     compiled: bool = False,
     optimizer: InnerOptimizer | None = None,
+    batch_size: int | None = None,
 ) -> Params | list[Params]:
     """Adapt ``params`` to each of the ``T`` tasks of a meta-batch, as :func:`inner_loop` does for one task.
 
@@ -315,6 +322,7 @@ def adapt_batch(
             (``torch.autograd.grad(create_graph=True)`` inside a compiled function would not: its backward cannot
             be differentiated twice). The first call of each shape compiles (seconds to a minute on a CPU).
         optimizer: the update rule (see :func:`inner_loop`); each task starts from a fresh state.
+        batch_size: examples per step, cycling through each task's support set (see :func:`inner_loop`).
 
     Returns:
         Every entry of ``params``: each adapted parameter with a leading task dimension ``[T, *shape]``, the
@@ -342,7 +350,7 @@ def adapt_batch(
     """
     _check_strategy(strategy, "adapt_batch")
     _check_tasks("adapt_batch", support_x, support_y)
-    plan = _Plan.make("adapt_batch", params, steps, lr, names, optimizer)
+    plan = _Plan.make("adapt_batch", params, steps, lr, names, optimizer, batch_size)
     if steps == 0:
         return [] if return_all else dict(params)
     aliases = _aliases(model)  # outside the compiled functions: they must read no module-level state
@@ -522,6 +530,7 @@ class _Plan(NamedTuple):
     names: tuple[str, ...]
     lrs: tuple[StepLR, ...]
     optimizer: InnerOptimizer
+    batch_size: int | None = None
 
     @staticmethod
     def make(
@@ -531,6 +540,7 @@ class _Plan(NamedTuple):
         lr: LR,
         names: Collection[str] | None,
         optimizer: InnerOptimizer | None = None,
+        batch_size: int | None = None,
     ) -> _Plan:
         if optimizer is None:
             optimizer = _DEFAULT_OPTIMIZER
@@ -541,6 +551,11 @@ class _Plan(NamedTuple):
             )
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"{caller}: steps must be a non-negative integer, got {steps!r}.")
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ValueError(f"{caller}: batch_size must be a positive integer or None (the whole support set), got "
+                             f"{batch_size!r}.")  # fmt: skip
         chosen = tuple(params) if names is None else tuple(_check_names(names, params, caller))
         if isinstance(lr, (list, tuple)):
             if len(lr) != steps:
@@ -553,7 +568,7 @@ class _Plan(NamedTuple):
             lrs = (lr,) * steps  # type: ignore[assignment]
         for step_lr in lrs:
             _check_lr(step_lr, chosen, caller)
-        return _Plan(chosen, lrs, optimizer)
+        return _Plan(chosen, lrs, optimizer, batch_size)
 
 
 _DEFAULT_OPTIMIZER = SGD()
@@ -648,16 +663,23 @@ def _adapt(
     state = plan.optimizer.init(fast)
     trace = []
     for step, lr in enumerate(plan.lrs):
+        xs, ys = (x, y) if plan.batch_size is None else _mini_batch(x, y, step, plan.batch_size)
         if functorch:
-            grads = _grads_functorch(model, fast, fixed, x, y, loss_fn, aliases, first_order)
+            grads = _grads_functorch(model, fast, fixed, xs, ys, loss_fn, aliases, first_order)
         else:
-            grads = _grads_autograd(model, fast, fixed, x, y, loss_fn, aliases, first_order)
+            grads = _grads_autograd(model, fast, fixed, xs, ys, loss_fn, aliases, first_order)
         fast, state = plan.optimizer.update(fast, grads, state, lr=lr, step=step)
         if keep_all:
             trace.append(fast)
         else:  # without a graph (first order, no_grad) earlier steps' tensors are then freed at once
             trace = [fast]
     return trace
+
+
+def _mini_batch(x: Tensor, y: Tensor, step: int, batch_size: int) -> tuple[Tensor, Tensor]:
+    """The examples of inner step ``step``: positions ``step * batch_size ...`` of the support set, cyclically."""
+    index = (torch.arange(batch_size, device=x.device) + step * batch_size) % x.shape[0]
+    return x[index], y[index]
 
 
 def _grads_autograd(

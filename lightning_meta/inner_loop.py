@@ -49,6 +49,9 @@ class InnerLoop(nn.Module):
             adapted weights are the same, and no graph to the initial weights is kept.
         optimizer: the update rule (:mod:`lightning_meta.inner_optim`: ``SGD(momentum=...)``, ``Adam(betas=...)``
             or your own); default plain SGD. It receives ``lr`` (or the learned rates) at every step.
+        batch_size: support examples per inner step in training, cycling through the support set (Reptile's inner
+            mini-batches: its ``--inner-batch``); ``None`` (default): the whole support set every step.
+        eval_batch_size: the same at validation and test (Reptile's ``--eval-batch``); default ``batch_size``.
         first_order: treat the inner gradients as constants in the meta-gradient (FOMAML); the learner decides
             where it applies (Reptile and iMAML always adapt first order).
         vectorize: ``"vmap"`` adapts the tasks of a meta-batch together under :func:`torch.func.vmap`, ``"loop"``
@@ -85,6 +88,8 @@ class InnerLoop(nn.Module):
         steps: int = 1,
         eval_steps: int | None = None,
         optimizer: InnerOptimizer | None = None,
+        batch_size: int | None = None,
+        eval_batch_size: int | None = None,
         first_order: bool = False,
         vectorize: Vectorize = "auto",
         precision: Precision = "float32",
@@ -96,6 +101,9 @@ class InnerLoop(nn.Module):
         positive_int("InnerLoop", "steps", steps)
         if eval_steps is not None:
             positive_int("InnerLoop", "eval_steps", eval_steps)
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None:
+                positive_int("InnerLoop", name, value)
         if optimizer is not None and not isinstance(optimizer, InnerOptimizer):
             raise ValueError(
                 "InnerLoop: optimizer must be an InnerOptimizer of lightning_meta.inner_optim (SGD, Adam, ...) or None "
@@ -112,6 +120,8 @@ class InnerLoop(nn.Module):
         self.steps = steps
         self.eval_steps = eval_steps
         self.optimizer = optimizer if optimizer is not None else SGD()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
         self.first_order = first_order
         self.vectorize = vectorize
         self.precision = precision
@@ -123,6 +133,8 @@ class InnerLoop(nn.Module):
                 "steps": steps,
                 "eval_steps": eval_steps,
                 "optimizer": self.optimizer.init_config,
+                "batch_size": batch_size,
+                "eval_batch_size": eval_batch_size,
                 "first_order": first_order,
                 "vectorize": vectorize,
                 "precision": precision,
@@ -135,6 +147,11 @@ class InnerLoop(nn.Module):
         """Inner steps at validation and test: ``eval_steps``, or ``steps`` when it is not set."""
         return self.eval_steps if self.eval_steps is not None else self.steps
 
+    @property
+    def evaluation_batch_size(self) -> int | None:
+        """Support examples per inner step at validation and test: ``eval_batch_size``, else ``batch_size``."""
+        return self.eval_batch_size if self.eval_batch_size is not None else self.batch_size
+
     @override
     def extra_repr(self) -> str:
         shown = [f"lr={self.lr:g}", f"steps={self.steps}"]
@@ -144,6 +161,9 @@ class InnerLoop(nn.Module):
             config = self.optimizer.init_config
             arguments = ", ".join(f"{k}={v!r}" for k, v in config["init_args"].items())
             shown.append(f"optimizer={config['class_path'].rsplit('.', 1)[-1]}({arguments})")
+        for name in ("batch_size", "eval_batch_size"):
+            if getattr(self, name) is not None:
+                shown.append(f"{name}={getattr(self, name)}")
         for name, default in (("first_order", False), ("precision", "float32"), ("compiled", False)):
             if getattr(self, name) != default:
                 shown.append(f"{name}={getattr(self, name)!r}")

@@ -446,3 +446,66 @@ def test_forward_with_handles_a_submodule_under_two_names_and_tied_weights():
     grads = torch.autograd.grad(forward_with(model, {n: t.requires_grad_() for n, t in new.items()}, x).sum(),
                                 list(new.values()))  # fmt: skip
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+# ---------------------------------------------------------------------------------------------------- mini-batches
+def hand_written_mini_batch_sgd(model, params, x, y, loss_fn, *, steps, lr, batch_size):
+    """Plain SGD where step k sees positions k*b .. k*b + b - 1 of the support set, modulo its size (a reference
+    written without the package's inner loop: explicit index lists, torch.autograd.grad, first order)."""
+    fast = {name: p.detach().clone() for name, p in params.items()}
+    n = x.shape[0]
+    for k in range(steps):
+        index = [(k * batch_size + i) % n for i in range(batch_size)]
+        current = {name: p.requires_grad_() for name, p in fast.items()}
+        loss = loss_fn(torch.func.functional_call(model, current, (x[index],)), y[index])
+        grads = torch.autograd.grad(loss, list(current.values()))
+        fast = {name: (p - lr * g).detach() for (name, p), g in zip(current.items(), grads, strict=True)}
+    return fast
+
+
+@pytest.mark.parametrize(("batch_size", "steps"), [(2, 3), (3, 4), (7, 2)])  # 7 > 5 examples: wraps within a batch
+def test_mini_batch_inner_loop_is_sgd_cycling_through_the_support_set(batch_size, steps):
+    model = tiny_mlp()
+    params = dict(model.named_parameters())
+    support_x, support_y, _, _ = regression_batch(n_tasks=1, shots=5)
+    adapted = inner_loop(model, params, support_x[0], support_y[0], loss_fn=F.mse_loss, steps=steps, lr=0.1,
+                         first_order=True, batch_size=batch_size)  # fmt: skip
+    expected = hand_written_mini_batch_sgd(model, params, support_x[0], support_y[0], F.mse_loss, steps=steps, lr=0.1,
+                                           batch_size=batch_size)  # fmt: skip
+    for name in params:
+        torch.testing.assert_close(adapted[name], expected[name], rtol=TOL, atol=TOL)
+    full = inner_loop(model, params, support_x[0], support_y[0], loss_fn=F.mse_loss, steps=steps, lr=0.1)
+    assert not torch.allclose(adapted["head.weight"], full["head.weight"])  # mini-batches change the result
+
+
+def test_a_batch_of_the_whole_support_set_is_the_full_batch_inner_loop_exactly():
+    model = tiny_mlp()
+    params = dict(model.named_parameters())
+    support_x, support_y, _, _ = regression_batch(n_tasks=1, shots=5)
+    args = (model, params, support_x[0], support_y[0])
+    whole = inner_loop(*args, loss_fn=F.mse_loss, steps=3, lr=0.1, batch_size=5)
+    full = inner_loop(*args, loss_fn=F.mse_loss, steps=3, lr=0.1)
+    assert all(torch.equal(whole[name], full[name]) for name in params)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("case", ["mlp", "conv4"])
+def test_mini_batch_vmap_and_loop_give_the_same_meta_gradients(case, first_order):
+    make, batch_fn, loss_fn = CASES[case]
+    model = make()
+    batch = batch_fn()
+    grads = {}
+    for strategy in ("vmap", "loop"):
+        params = dict(model.named_parameters())
+        loss = meta_loss(model, params, batch, loss_fn, strategy=strategy, steps=3, lr=0.1, first_order=first_order,
+                         batch_size=4)  # fmt: skip
+        grads[strategy] = flat(torch.autograd.grad(loss, list(params.values())))
+    assert relative_error(grads["vmap"], grads["loop"]) < TOL
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True])
+def test_batch_size_must_be_a_positive_integer(bad):
+    model = tiny_mlp()
+    x = torch.zeros(4, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match=rf"inner_loop: batch_size must be a positive integer or None .*got {bad!r}"):
+        inner_loop(model, dict(model.named_parameters()), x, x, loss_fn=F.mse_loss, steps=1, lr=0.1, batch_size=bad)

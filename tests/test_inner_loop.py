@@ -124,3 +124,38 @@ def test_lightning_meta_test_runs_on_an_upgraded_pre_inner_loop_checkpoint(tmp_p
     loop = tested.model.inner_loop
     assert (loop.lr, loop.eval_steps, loop.vectorize) == (0.02, 3, "vmap")  # the checkpoint's, not the config's
     assert "test/mse" in tested.trainer.callback_metrics
+
+
+def test_training_and_evaluation_adapt_with_their_own_mini_batch_sizes():
+    """batch_size in training, eval_batch_size (default: batch_size) at evaluation, as the functional inner loop."""
+    from lightning_meta.functional import adapt_batch
+
+    torch.manual_seed(0)
+    model = MLP(hidden=(8,))
+    loop = InnerLoop(lr=0.1, steps=3, eval_steps=4, batch_size=3, eval_batch_size=2, vectorize="loop")
+    learner = Reptile(model, inner_loop=loop)
+    x = torch.randn(2, 6, 1)
+    episode = Episode(x, torch.sin(x), x, torch.sin(x), batched=True)
+    params = dict(model.named_parameters())
+    for training, steps, batch_size in ((True, 3, 3), (False, 4, 2)):
+        learner.train(training)
+        adapted = learner.adapt_params(episode, steps=steps, first_order=True)
+        expected = adapt_batch(model, params, x, torch.sin(x), loss_fn=torch.nn.functional.mse_loss, steps=steps,
+                               lr=0.1, first_order=True, strategy="loop", batch_size=batch_size)  # fmt: skip
+        for name in params:
+            torch.testing.assert_close(adapted[name], expected[name], rtol=0, atol=0)
+    assert InnerLoop(batch_size=5).evaluation_batch_size == 5 and InnerLoop().evaluation_batch_size is None
+    assert "batch_size=3, eval_batch_size=2" in repr(loop)
+    assert loop.init_config["init_args"]["batch_size"] == 3
+
+
+@pytest.mark.parametrize("name", ["batch_size", "eval_batch_size"])
+def test_mini_batch_sizes_must_be_positive_integers(name):
+    with pytest.raises(ValueError, match=rf"InnerLoop: {name} must be a positive integer, got 0"):
+        InnerLoop(**{name: 0})
+
+
+def test_imaml_refuses_training_mini_batches():
+    with pytest.raises(ValueError, match=r"IMAML: inner_loop\.batch_size must be None .* got batch_size=4"):
+        IMAML(MLP(), inner_loop=InnerLoop(batch_size=4))
+    assert IMAML(MLP(), inner_loop=InnerLoop(eval_batch_size=4)).inner_loop.evaluation_batch_size == 4

@@ -240,6 +240,7 @@ class GradientLearner(MetaLearner):
                 strategy=self.current_vectorize(),  # type: ignore[arg-type]
                 compiled=self.inner_loop.compiled,
                 optimizer=self.inner_transform(),
+                batch_size=self.inner_loop.batch_size if self.training else self.inner_loop.evaluation_batch_size,
             )
         if not prefix:
             return adapted

@@ -51,7 +51,8 @@ class IMAML(GradientLearner):
         lr: learning rate of the outer optimizer (Adam).
 
     Raises:
-        ValueError: for a non-positive or non-finite ``lam``, or a ``cg_steps`` below 1.
+        ValueError: for a non-positive or non-finite ``lam``, a ``cg_steps`` below 1, or an ``inner_loop`` with a
+            ``batch_size`` (the implicit gradient needs the whole support set at every step).
 
     Example:
         >>> import torch
@@ -81,6 +82,12 @@ class IMAML(GradientLearner):
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not (lam > 0 and math.isfinite(lam)):
             raise ValueError(f"IMAML: lam must be a positive finite number, got {lam!r}.")
         positive_int("IMAML", "cg_steps", cg_steps)
+        if self.inner_loop.batch_size is not None:
+            raise ValueError(
+                "IMAML: inner_loop.batch_size must be None (the whole support set every step): the implicit "
+                "meta-gradient assumes the adapted weights minimise the proximal loss on the whole support set; got "
+                f"batch_size={self.inner_loop.batch_size} (inner_loop.eval_batch_size may be set)."
+            )
         self.lam = float(lam)
         self.cg_steps = cg_steps
         self.proximal = Proximal(self.inner_loop.optimizer, lam=self.lam)
