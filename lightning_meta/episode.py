@@ -36,8 +36,10 @@ class Episode(_Tasks):
     """Support and query sets of one task, or of a meta-batch of tasks stacked on a leading dimension.
 
     A classification episode holds ``ways * shots`` support and ``ways * queries`` query examples with labels
-    ``0..ways-1``; which class of the dataset receives which label is drawn at random for every episode, and the
-    examples are grouped by label (``support_y == [0]*shots + [1]*shots + ...``). A regression episode (such as a
+    ``0..ways-1``; which class of the dataset receives which label is drawn at random for every episode. The episodes
+    of :class:`~lightning_meta.data.EpisodicDataModule` list the support set in a random order (so that a learner
+    reading it as a sequence, such as SNAIL, cannot take a class from a position) and the query set grouped by label
+    (``query_y == [0]*queries + [1]*queries + ...``); learners accept any order. A regression episode (such as a
     sinusoid) holds float targets and ``ways=None``.
 
     A meta-batch (``batched=True``) stacks ``n_tasks`` tasks on dimension 0 of every tensor. Iterating over an

@@ -109,7 +109,8 @@ def split_task(
 
     The examples of each class are taken in the order the task lists them and split by :func:`support_mask`. The
     episode's label ``i`` is the ``i``-th smallest label of the task (after learn2learn's ``RemapLabels`` the labels
-    are already ``0..ways-1`` and stay as they are), and its examples are grouped by label.
+    are already ``0..ways-1`` and stay as they are), and its examples are grouped by label (episodes of an
+    :class:`~lightning_meta.data.EpisodicDataModule` over :class:`Learn2LearnTasks` then shuffle the support set).
 
     With ``"alternate"`` and ``shots == queries`` this is exactly the split of learn2learn's MAML and ANIL
     examples whenever that split gives every class ``shots`` support examples, i.e. whenever the task lists each

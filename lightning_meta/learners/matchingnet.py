@@ -35,7 +35,8 @@ class MatchingNet(MetaLearner):
     the whole support set through a bidirectional LSTM (``g(x_i) = g'(x_i) + h_fwd_i + h_bwd_i``) and ``f`` is
     the paper's attention LSTM run for ``fce_steps`` steps over the support embeddings; as in most public
     implementations the read-out is added to the LSTM state (``h + r``) rather than concatenated to it. The
-    support set is read in the order it comes (grouped by label).
+    LSTM reads the support set in the order it comes, so FCE sees that order (without FCE the predictions do not
+    depend on it); the package's episodes list it in a random order, so a position says nothing about a class.
 
     Adaptation needs no gradients; the number of ways may differ between training and evaluation.
 
