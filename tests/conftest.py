@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Inductor compiles in a pool of worker processes by default: on this 2-core CI machine the pool's start-up and its
+# shutdown at exit (about 90 s after pytest's summary) cost more than the compiles; one thread compiles in-process.
+# Set before torch is imported; subprocess tests inherit it. A value set by the caller wins.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
