@@ -31,18 +31,20 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from reptile_inner_batch import config_settings  # this folder is on sys.path when the script runs
 from torch import Tensor, nn
 
 from lightning_meta.data import EpisodicDataModule, Omniglot
 from lightning_meta.models import Conv4
 
 ROOT = Path(__file__).resolve().parents[1]
-WAYS, TRAIN_SHOTS, TASKS, INNER_STEPS, INNER_BATCH, LR = 5, 10, 5, 5, 10, 0.001
-EVAL_STEPS, EVAL_BATCH = 50, 5
+C = config_settings(5)  # omniglot_5w1s_reptile.yaml's inner loop and episode shapes
+WAYS, TRAIN_SHOTS, TASKS, INNER_STEPS, INNER_BATCH = C["ways"], C["shots"], C["tasks"], C["steps"], C["batch_size"]
+EVAL_STEPS, EVAL_BATCH = C["eval_steps"], C["eval_batch_size"]
 
 
 def new_adam(model: nn.Module) -> torch.optim.Adam:
-    return torch.optim.Adam(model.parameters(), lr=LR, betas=(0.0, 0.999), eps=1e-8)
+    return torch.optim.Adam(model.parameters(), lr=C["lr"], betas=C["betas"], eps=1e-8)
 
 
 def adapt(model: nn.Module, opt: torch.optim.Adam, x: Tensor, y: Tensor, steps: int, batch: int) -> None:

@@ -45,6 +45,8 @@ def config_settings(ways: int) -> dict[str, Any]:
         "lr": loop["lr"],
         "betas": tuple(loop["optimizer"]["init_args"]["betas"]),
         "batch_size": loop["batch_size"],
+        "eval_steps": loop["eval_steps"],
+        "eval_batch_size": loop["eval_batch_size"],
     }
 
 
