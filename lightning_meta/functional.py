@@ -49,14 +49,14 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, Literal, NamedTuple, TypeAlias
+from typing import Any, Literal, NamedTuple, TypeAlias, overload
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from lightning_meta.inner_optim import SGD, InnerOptimizer
+from lightning_meta.inner_optim import SGD, InnerOptimizer, OptState
 
 Params: TypeAlias = dict[str, Tensor]
 """Tensors by their names in ``module.named_parameters()`` (and ``named_buffers()``)."""
@@ -197,6 +197,69 @@ def sgd_step(
     return new
 
 
+@overload
+def inner_loop(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss_fn: LossFn,
+    steps: int,
+    lr: LR,
+    first_order: bool = ...,
+    names: Collection[str] | None = ...,
+    return_all: bool = ...,
+    optimizer: InnerOptimizer | None = ...,
+    batch_size: int | None = ...,
+    state: OptState | None = ...,
+    first_step: int = ...,
+    return_state: Literal[False] = ...,
+) -> Params | list[Params]: ...
+
+
+@overload
+def inner_loop(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss_fn: LossFn,
+    steps: int,
+    lr: LR,
+    first_order: bool = ...,
+    names: Collection[str] | None = ...,
+    return_all: bool = ...,
+    optimizer: InnerOptimizer | None = ...,
+    batch_size: int | None = ...,
+    state: OptState | None = ...,
+    first_step: int = ...,
+    return_state: Literal[True],
+) -> tuple[Params | list[Params], OptState]: ...
+
+
+@overload
+def inner_loop(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss_fn: LossFn,
+    steps: int,
+    lr: LR,
+    first_order: bool = ...,
+    names: Collection[str] | None = ...,
+    return_all: bool = ...,
+    optimizer: InnerOptimizer | None = ...,
+    batch_size: int | None = ...,
+    state: OptState | None = ...,
+    first_step: int = ...,
+    return_state: bool,
+) -> Params | list[Params] | tuple[Params | list[Params], OptState]: ...
+
+
 def inner_loop(
     model: nn.Module,
     params: Mapping[str, Tensor],
@@ -211,7 +274,10 @@ def inner_loop(
     return_all: bool = False,
     optimizer: InnerOptimizer | None = None,
     batch_size: int | None = None,
-) -> Params | list[Params]:
+    state: OptState | None = None,
+    first_step: int = 0,
+    return_state: bool = False,
+) -> Params | list[Params] | tuple[Params | list[Params], OptState]:
     """Adapt ``params`` to one task: ``steps`` steps of gradient descent on ``loss_fn(model(x), y)``.
 
     This is the inner loop of MAML (Finn et al., 2017): with ``first_order=False`` each step keeps its graph
@@ -238,13 +304,21 @@ def inner_loop(
             ``len(x)``: the steps cycle through the support set in its order (a batch may wrap around into the next
             pass). Episodes of :class:`~lightning_meta.data.EpisodicDataModule` list the support set in a random
             order, so consecutive batches mix the classes.
+        state: the optimizer's state to start from (``optimizer.init`` of the adapted parameters, or a state an
+            earlier adaptation returned; an entry for every adapted name); default a fresh one. Reptile's reference
+            code carries Adam's moments from task to task this way (:class:`~lightning_meta.learners.Reptile`,
+            ``carry_inner_state``).
+        first_step: the number of the first step (Adam's bias corrections and momentum's first step depend on
+            it): 0 for a fresh state, the steps taken so far for a carried one.
+        return_state: also return the optimizer's state after the last step.
 
     Returns:
         The adapted parameters (every entry of ``params``), or with ``return_all`` a list of ``steps`` such
-        dictionaries, after steps 1 to ``steps``.
+        dictionaries, after steps 1 to ``steps``; with ``return_state``, a pair of that and the final state.
 
     Raises:
-        ValueError: for a negative ``steps``, an unknown name, or learning rates that do not fit.
+        ValueError: for a negative ``steps``, an unknown name, learning rates that do not fit, or a ``state``
+            without an entry for an adapted parameter.
         RuntimeError: under :func:`torch.inference_mode`, where autograd cannot run.
 
     Example:
@@ -264,7 +338,8 @@ def inner_loop(
         torch.Size([1, 40])
     """
     plan = _Plan.make("inner_loop", params, steps, lr, names, optimizer, batch_size)
-    trace = _adapt(
+    start = _initial_state("inner_loop", plan, params, state, first_step)
+    trace, final = _adapt(
         model,
         plan,
         params,
@@ -275,10 +350,84 @@ def inner_loop(
         first_order=first_order,
         functorch=False,
         keep_all=return_all,
+        state=start,
+        first_step=first_step,
     )
+    adapted: Params | list[Params]
     if return_all:
-        return [{**params, **fast} for fast in trace]
-    return {**params, **trace[-1]} if trace else dict(params)
+        adapted = [{**params, **fast} for fast in trace]
+    else:
+        adapted = {**params, **trace[-1]} if trace else dict(params)
+    return (adapted, final) if return_state else adapted
+
+
+@overload
+def adapt_batch(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    support_x: Tensor,
+    support_y: Tensor,
+    *,
+    loss_fn: LossFn,
+    steps: int,
+    lr: LR,
+    first_order: bool = ...,
+    names: Collection[str] | None = ...,
+    return_all: bool = ...,
+    strategy: Strategy = ...,
+    compiled: bool = ...,
+    optimizer: InnerOptimizer | None = ...,
+    batch_size: int | None = ...,
+    state: OptState | None = ...,
+    first_step: int = ...,
+    return_state: Literal[False] = ...,
+) -> Params | list[Params]: ...
+
+
+@overload
+def adapt_batch(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    support_x: Tensor,
+    support_y: Tensor,
+    *,
+    loss_fn: LossFn,
+    steps: int,
+    lr: LR,
+    first_order: bool = ...,
+    names: Collection[str] | None = ...,
+    return_all: bool = ...,
+    strategy: Strategy = ...,
+    compiled: bool = ...,
+    optimizer: InnerOptimizer | None = ...,
+    batch_size: int | None = ...,
+    state: OptState | None = ...,
+    first_step: int = ...,
+    return_state: Literal[True],
+) -> tuple[Params | list[Params], OptState]: ...
+
+
+@overload
+def adapt_batch(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    support_x: Tensor,
+    support_y: Tensor,
+    *,
+    loss_fn: LossFn,
+    steps: int,
+    lr: LR,
+    first_order: bool = ...,
+    names: Collection[str] | None = ...,
+    return_all: bool = ...,
+    strategy: Strategy = ...,
+    compiled: bool = ...,
+    optimizer: InnerOptimizer | None = ...,
+    batch_size: int | None = ...,
+    state: OptState | None = ...,
+    first_step: int = ...,
+    return_state: bool,
+) -> Params | list[Params] | tuple[Params | list[Params], OptState]: ...
 
 
 def adapt_batch(
@@ -297,7 +446,10 @@ def adapt_batch(
     compiled: bool = False,
     optimizer: InnerOptimizer | None = None,
     batch_size: int | None = None,
-) -> Params | list[Params]:
+    state: OptState | None = None,
+    first_step: int = 0,
+    return_state: bool = False,
+) -> Params | list[Params] | tuple[Params | list[Params], OptState]:
     """Adapt ``params`` to each of the ``T`` tasks of a meta-batch, as :func:`inner_loop` does for one task.
 
     ``strategy="vmap"`` adapts all tasks at once under :func:`torch.func.vmap` (much faster for small models,
@@ -321,13 +473,20 @@ def adapt_batch(
             ``torch.compile`` traces into one graph that autograd differentiates again, so second order works
             (``torch.autograd.grad(create_graph=True)`` inside a compiled function would not: its backward cannot
             be differentiated twice). The first call of each shape compiles (seconds to a minute on a CPU).
-        optimizer: the update rule (see :func:`inner_loop`); each task starts from a fresh state.
+        optimizer: the update rule (see :func:`inner_loop`); each task starts from a fresh state, or from ``state``.
         batch_size: examples per step, cycling through each task's support set (see :func:`inner_loop`).
+        state: the optimizer's state every task starts from, shared as ``params`` are (see :func:`inner_loop`);
+            default a fresh one.
+        first_step: the number of every task's first step (see :func:`inner_loop`). Not with ``compiled``: the
+            step number is a constant of the compiled graph, so each new value would compile again.
+        return_state: also return each task's optimizer state after its last step (a leading task dimension on
+            every tensor).
 
     Returns:
         Every entry of ``params``: each adapted parameter with a leading task dimension ``[T, *shape]``, the
         others (not adapted, or ``steps=0``) the very same shared tensors, without that dimension. Pass it to
-        :func:`forward_batch`. With ``return_all``, a list of ``steps`` such dictionaries.
+        :func:`forward_batch`. With ``return_all``, a list of ``steps`` such dictionaries. With ``return_state``,
+        a pair of that and the tasks' final states.
 
     Raises:
         ValueError: for an unknown strategy, mismatched task dimensions, or the errors of :func:`inner_loop`.
@@ -351,8 +510,17 @@ def adapt_batch(
     _check_strategy(strategy, "adapt_batch")
     _check_tasks("adapt_batch", support_x, support_y)
     plan = _Plan.make("adapt_batch", params, steps, lr, names, optimizer, batch_size)
+    start = _initial_state("adapt_batch", plan, params, state, first_step)
+    if compiled and first_step != 0:
+        raise ValueError(
+            f"adapt_batch: compiled=True needs first_step=0, got first_step={first_step}: the step number is a "
+            "constant of the compiled graph, so every new value would compile again. Adapt without compiled."
+        )
     if steps == 0:
-        return [] if return_all else dict(params)
+        empty: Params | list[Params] = [] if return_all else dict(params)
+        n_tasks = support_x.shape[0]
+        kept = {name: tuple(t.expand(n_tasks, *t.shape) for t in start[name]) for name in plan.names}
+        return (empty, kept) if return_state else empty
     aliases = _aliases(model)  # outside the compiled functions: they must read no module-level state
     if strategy == "loop":
         if compiled:  # torch.func.grad inside: a compiled graph that autograd can differentiate twice
@@ -361,27 +529,32 @@ def adapt_batch(
             )
         else:
             adapt_task = functools.partial(_adapt, first_order=first_order, functorch=False, keep_all=return_all)
-        per_task = [adapt_task(model, plan, params, x, y, loss_fn, aliases)
+        per_task = [adapt_task(model, plan, params, x, y, loss_fn, aliases, state=start, first_step=first_step)
                     for x, y in zip(support_x.unbind(0), support_y.unbind(0), strict=True)]  # fmt: skip
-        kept = range(steps) if return_all else [-1]
-        trace = [{name: torch.stack([task[step][name] for task in per_task]) for name in plan.names} for step in kept]
+        kept_steps = range(steps) if return_all else [-1]
+        trace = [{name: torch.stack([task[step][name] for task, _ in per_task]) for name in plan.names}
+                 for step in kept_steps]  # fmt: skip
+        final = {name: tuple(torch.stack(ts) for ts in zip(*(s[name] for _, s in per_task), strict=True))
+                 for name in plan.names}  # fmt: skip
     else:
         adapt_tasks = _compile(_adapt_tasks_vmap) if compiled else _adapt_tasks_vmap
-        trace = adapt_tasks(
-            model, plan, params, support_x, support_y, loss_fn, aliases, _cut_graph(first_order), return_all
-        )
-    return [{**params, **fast} for fast in trace] if return_all else {**params, **trace[-1]}
+        trace, final = adapt_tasks(
+            model, plan, params, support_x, support_y, loss_fn, aliases, _cut_graph(first_order), return_all,
+            start, first_step,
+        )  # fmt: skip
+    adapted = [{**params, **fast} for fast in trace] if return_all else {**params, **trace[-1]}
+    return (adapted, final) if return_state else adapted
 
 
 def _adapt_tasks_vmap(
     model: nn.Module, plan: _Plan, params: Mapping[str, Tensor], support_x: Tensor, support_y: Tensor,
-    loss_fn: LossFn, aliases: Aliases, first_order: bool, return_all: bool,
-) -> list[Params]:  # fmt: skip
+    loss_fn: LossFn, aliases: Aliases, first_order: bool, return_all: bool, state: OptState, first_step: int,
+) -> tuple[list[Params], OptState]:  # fmt: skip
     """Every task's adaptation at once under :func:`torch.func.vmap`; ``first_order`` already through _cut_graph."""
     fixed = _fixed(params, plan.names, detached=first_order)
 
-    def adapt_task(x: Tensor, y: Tensor) -> list[Params]:
-        trace = _adapt(
+    def adapt_task(x: Tensor, y: Tensor) -> tuple[list[Params], OptState]:
+        trace, final = _adapt(
             model,
             plan,
             params,
@@ -393,8 +566,10 @@ def _adapt_tasks_vmap(
             functorch=True,
             fixed=fixed,
             keep_all=return_all,
+            state=state,
+            first_step=first_step,
         )
-        return trace if return_all else trace[-1:]
+        return (trace if return_all else trace[-1:]), final
 
     return vmap(adapt_task, randomness="different")(support_x, support_y)  # type: ignore[no-any-return]
 
@@ -574,6 +749,20 @@ class _Plan(NamedTuple):
 _DEFAULT_OPTIMIZER = SGD()
 
 
+def _initial_state(
+    caller: str, plan: _Plan, params: Mapping[str, Tensor], state: OptState | None, first_step: int
+) -> OptState:
+    """The optimizer state adaptation starts from: ``state`` checked, or a fresh one."""
+    if isinstance(first_step, bool) or not isinstance(first_step, int) or first_step < 0:
+        raise ValueError(f"{caller}: first_step must be a non-negative integer, got {first_step!r}.")
+    if state is None:
+        return plan.optimizer.init({name: params[name] for name in plan.names})
+    missing = [name for name in plan.names if name not in state]
+    if missing:
+        raise ValueError(f"{caller}: state needs an entry for every adapted parameter; missing {missing}.")
+    return {name: tuple(state[name]) for name in plan.names}
+
+
 def _check_names(names: Collection[str], params: Mapping[str, Tensor], caller: str) -> Collection[str]:
     if isinstance(names, str):
         raise ValueError(f"{caller}: names must be a collection of parameter names, got the string {names!r}.")
@@ -647,8 +836,13 @@ def _adapt(
     functorch: bool,
     fixed: Params | None = None,
     keep_all: bool = True,
-) -> list[Params]:
-    """The adapted parameters (only ``plan.names``) after every step, for one task (only the last: ``keep_all=False``).
+    state: OptState | None = None,
+    first_step: int = 0,
+) -> tuple[list[Params], OptState]:
+    """The adapted parameters (only ``plan.names``) after every step, and the optimizer's state after the last.
+
+    Only the last step's parameters with ``keep_all=False``. The optimizer starts from ``state`` (default a fresh
+    one) and numbers its steps from ``first_step``.
 
     ``functorch=False`` takes the gradients with :func:`torch.autograd.grad` (and checks the grad mode itself);
     ``functorch=True`` with :func:`torch.func.grad`, which also works under :func:`torch.func.vmap` and inside
@@ -660,7 +854,7 @@ def _adapt(
     if fixed is None:
         fixed = _fixed(params, plan.names, detached=first_order)
     fast = {name: params[name] for name in plan.names}
-    state = plan.optimizer.init(fast)
+    state = plan.optimizer.init(fast) if state is None else {name: state[name] for name in plan.names}
     trace = []
     for step, lr in enumerate(plan.lrs):
         xs, ys = (x, y) if plan.batch_size is None else _mini_batch(x, y, step, plan.batch_size)
@@ -668,12 +862,12 @@ def _adapt(
             grads = _grads_functorch(model, fast, fixed, xs, ys, loss_fn, aliases, first_order)
         else:
             grads = _grads_autograd(model, fast, fixed, xs, ys, loss_fn, aliases, first_order)
-        fast, state = plan.optimizer.update(fast, grads, state, lr=lr, step=step)
+        fast, state = plan.optimizer.update(fast, grads, state, lr=lr, step=first_step + step)
         if keep_all:
             trace.append(fast)
         else:  # without a graph (first order, no_grad) earlier steps' tensors are then freed at once
             trace = [fast]
-    return trace
+    return trace, state
 
 
 def _mini_batch(x: Tensor, y: Tensor, step: int, batch_size: int) -> tuple[Tensor, Tensor]:

@@ -230,8 +230,9 @@ class Adam(InnerOptimizer):
 
     Reptile adapts with Adam and ``betas=(0.0, 0.999)`` (Nichol, Achiam and Schulman, "On First-Order
     Meta-Learning Algorithms", 2018: their Omniglot and mini-ImageNet runs). Each task's adaptation starts from a
-    fresh state (zero moments); the reference Reptile code keeps Adam's moments across tasks instead, which a pure
-    inner loop cannot.
+    fresh state (zero moments) unless the caller passes one (``state`` and ``first_step`` of
+    :func:`~lightning_meta.functional.inner_loop`); the reference Reptile code keeps Adam's moments across tasks,
+    which ``Reptile(carry_inner_state=True)`` does.
 
     The square root of the second moment uses a gradient that is finite where the moment is zero (a parameter whose
     gradient is exactly zero), where ``sqrt``'s own would make the second-order meta-gradient NaN; the values are

@@ -509,3 +509,63 @@ def test_batch_size_must_be_a_positive_integer(bad):
     x = torch.zeros(4, 1, dtype=torch.float64)
     with pytest.raises(ValueError, match=rf"inner_loop: batch_size must be a positive integer or None .*got {bad!r}"):
         inner_loop(model, dict(model.named_parameters()), x, x, loss_fn=F.mse_loss, steps=1, lr=0.1, batch_size=bad)
+
+
+# ----------------------------------------------------------------------------------------- a state carried in and out
+@pytest.mark.parametrize("optimizer", ["adam", "momentum"])
+def test_a_loop_split_in_two_with_the_state_carried_is_the_unsplit_loop(optimizer):
+    from lightning_meta.inner_optim import SGD, Adam
+
+    rule = Adam(betas=(0.0, 0.999)) if optimizer == "adam" else SGD(momentum=0.9)
+    model = tiny_mlp()
+    params = dict(model.named_parameters())
+    support_x, support_y, _, _ = regression_batch(n_tasks=1, shots=5)
+    args = (model, params, support_x[0], support_y[0])
+    kwargs = {"loss_fn": F.mse_loss, "lr": 0.01, "optimizer": rule, "first_order": True}
+    whole, whole_state = inner_loop(*args, steps=5, return_state=True, **kwargs)
+    first, state = inner_loop(*args, steps=2, return_state=True, **kwargs)
+    second, second_state = inner_loop(model, first, support_x[0], support_y[0], steps=3, state=state, first_step=2,
+                                      return_state=True, **kwargs)  # fmt: skip
+    for name in params:
+        torch.testing.assert_close(second[name], whole[name], rtol=TOL, atol=TOL)
+        for a, b in zip(second_state[name], whole_state[name], strict=True):
+            torch.testing.assert_close(a, b, rtol=TOL, atol=TOL)
+    restarted = inner_loop(model, first, support_x[0], support_y[0], steps=3, **kwargs)  # a fresh state instead
+    assert not torch.allclose(restarted["head.weight"], whole["head.weight"])
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+def test_adapt_batch_starts_every_task_from_the_given_state_and_returns_each_tasks_state(strategy):
+    from lightning_meta.inner_optim import Adam
+
+    rule = Adam(betas=(0.0, 0.999))
+    model = tiny_conv4()
+    params = dict(model.named_parameters())
+    support_x, support_y, _, _ = image_batch()
+    warm = inner_loop(model, params, support_x[0], support_y[0], loss_fn=F.cross_entropy, steps=2, lr=0.01,
+                      optimizer=rule, return_state=True)[1]  # fmt: skip
+    adapted, states = adapt_batch(model, params, support_x, support_y, loss_fn=F.cross_entropy, steps=3, lr=0.01,
+                                  optimizer=rule, strategy=strategy, state=warm, first_step=2,
+                                  return_state=True)  # fmt: skip
+    for t in range(support_x.shape[0]):
+        alone, state = inner_loop(model, params, support_x[t], support_y[t], loss_fn=F.cross_entropy, steps=3,
+                                  lr=0.01, optimizer=rule, state=warm, first_step=2, return_state=True)  # fmt: skip
+        for name in params:
+            torch.testing.assert_close(adapted[name][t], alone[name], rtol=1e-9, atol=1e-12)
+            for a, b in zip(states[name], state[name], strict=True):
+                torch.testing.assert_close(a[t], b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"first_step": -1}, "first_step must be a non-negative integer, got -1"),
+        ({"state": {}}, r"state needs an entry for every adapted parameter; missing \['body.0.weight'"),
+        ({"compiled": True, "first_step": 3}, "compiled=True needs first_step=0, got first_step=3"),
+    ],
+)
+def test_a_bad_state_or_first_step_is_refused_naming_it(kwargs, message):
+    model = tiny_mlp()
+    x = torch.zeros(2, 4, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match=message):
+        adapt_batch(model, dict(model.named_parameters()), x, x, loss_fn=F.mse_loss, steps=1, lr=0.1, **kwargs)

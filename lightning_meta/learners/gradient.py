@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +15,7 @@ from typing_extensions import override
 from lightning_meta import functional
 from lightning_meta.episode import Episode, SupportSet
 from lightning_meta.inner_loop import InnerLoop
-from lightning_meta.inner_optim import InnerOptimizer
+from lightning_meta.inner_optim import InnerOptimizer, OptState
 from lightning_meta.learners.auto_vectorize import AutoVectorize, has_native_batch_norm
 from lightning_meta.learners.base import MetaLearner
 from lightning_meta.summary import print_adaptation
@@ -215,10 +215,33 @@ class GradientLearner(MetaLearner):
                 "learners such as ProtoNet can evaluate with other ways)."
             )
 
+    def initial_inner_state(self) -> tuple[OptState | None, int]:
+        """The inner optimizer's state every adaptation starts from, and the number of its first step.
+
+        ``(None, 0)``: a fresh state for every task, unless a subclass carries one (``Reptile(carry_inner_state=True)``,
+        keyed by the model's parameter names).
+        """
+        return None, 0
+
     def adapt_params(
-        self, support: Episode | SupportSet, *, steps: int, first_order: bool, return_all: bool = False
-    ) -> functional.Params | list[functional.Params]:
-        """Adapted parameters for every task of ``support`` (a leading task dimension on the adapted ones)."""
+        self,
+        support: Episode | SupportSet,
+        *,
+        steps: int,
+        first_order: bool,
+        return_all: bool = False,
+        state: OptState | None = None,
+        first_step: int = 0,
+        return_state: bool = False,
+    ) -> Any:
+        """Adapted parameters for every task of ``support`` (a leading task dimension on the adapted ones).
+
+        The inner optimizer starts from ``state`` at step ``first_step`` (keyed by the model's parameter names), by
+        default from :meth:`initial_inner_state`. With ``return_state`` it returns a pair: the adapted parameters
+        and each task's final state (a leading task dimension, keyed by the model's names, adapted ones only).
+        """
+        if state is None:
+            state, first_step = self.initial_inner_state()
         self.check_outputs(support)
         self._ways = support.ways if self.variable_ways and support.is_classification else None
         params = self.inner_params()
@@ -226,7 +249,7 @@ class GradientLearner(MetaLearner):
         float32 = self.inner_loop.precision == "float32" and torch.is_autocast_enabled(device)
         with torch.autocast(device, enabled=False) if float32 else contextlib.nullcontext():
             module, inner_params, inputs, prefix = self.inner_problem(support.support_x, params)
-            adapted = functional.adapt_batch(
+            result: Any = functional.adapt_batch(
                 module,
                 inner_params,
                 inputs,
@@ -237,18 +260,23 @@ class GradientLearner(MetaLearner):
                 first_order=first_order,
                 names=[name[len(prefix) :] for name in self.inner_names(params)],
                 return_all=return_all,
-                strategy=self.current_vectorize(),  # type: ignore[arg-type]
+                strategy=cast(functional.Strategy, self.current_vectorize()),
                 compiled=self.inner_loop.compiled,
                 optimizer=self.inner_transform(),
                 batch_size=self.inner_loop.batch_size if self.training else self.inner_loop.evaluation_batch_size,
+                state=None if state is None else _under(state, prefix),
+                first_step=first_step,
+                return_state=return_state,
             )
-        if not prefix:
-            return adapted
+        adapted, final = result if return_state else (result, {})
+        if prefix:
 
-        def in_model(state: functional.Params) -> functional.Params:
-            return {**params, **{prefix + name: t for name, t in state.items()}}
+            def in_model(tensors: functional.Params) -> functional.Params:
+                return {**params, **{prefix + name: t for name, t in tensors.items()}}
 
-        return [in_model(state) for state in adapted] if isinstance(adapted, list) else in_model(adapted)
+            adapted = [in_model(p) for p in adapted] if isinstance(adapted, list) else in_model(adapted)
+            final = {prefix + name: s for name, s in final.items()}
+        return (adapted, final) if return_state else adapted
 
     def inner_problem(
         self, support_x: Tensor, params: functional.Params

@@ -26,7 +26,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from typing_extensions import override
 
 from lightning_meta import InnerLoop
-from lightning_meta.learners import MAML, MetaLearner
+from lightning_meta.inner_optim import Adam
+from lightning_meta.learners import MAML, MetaLearner, Reptile
+from lightning_meta.models import MLP
 from tests.helpers.ddp_one_step import LEARNERS, datamodule
 from tests.helpers.trainers import quiet_trainer
 from tests.helpers.user_models import WideSineMAML, sequential_regressor
@@ -38,6 +40,13 @@ RESUMED: dict[str, Any] = {
         sequential_regressor(), inner_loop=InnerLoop(lr=0.05, steps=2, vectorize="vmap"), lr=0.01
     ),
     "user_subclass": lambda: WideSineMAML(width=12),
+    # the inner Adam's state is carried in buffers from step to step: a resumed run must continue with the same one
+    "reptile_carried": lambda: Reptile(
+        MLP(hidden=(16,)),
+        inner_loop=InnerLoop(lr=0.01, steps=2, optimizer=Adam(betas=(0.0, 0.999)), vectorize="vmap"),
+        lr=0.5,
+        carry_inner_state=True,
+    ),
 }
 
 STEPS = 14
