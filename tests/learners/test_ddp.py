@@ -65,3 +65,21 @@ def test_two_process_test_accuracy_and_interval_equal_the_single_process_ones(tm
                 assert ddp[key] == pytest.approx(single[key], abs=1e-6), (name, rank, key)
             # the loss is Lightning's batch-size-weighted mean over the ranks' meta-batches
             assert ddp["test/loss"] == pytest.approx(single["test/loss"], rel=1e-5), (name, rank)
+
+
+def test_carried_reptile_state_every_rank_starts_each_step_from_rank_zeros(tmp_path):
+    """Reptile(carry_inner_state=True): DDP broadcasts buffers before each forward, so the state follows rank 0."""
+    command = [sys.executable, "-m", "tests.helpers.ddp_carried_state", "--out", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    assert all(len(r["starts"]) == len(r["ends"]) == 3 for r in ranks)
+    for step in range(3):
+        for key, value in ranks[0]["starts"][step].items():
+            assert torch.equal(ranks[1]["starts"][step][key], value), (step, key)
+        if step:  # ... which is rank 0's state at the end of the step before
+            for key, value in ranks[0]["ends"][step - 1].items():
+                assert torch.equal(ranks[0]["starts"][step][key], value), (step, key)
+    # the ranks' own ends differ (different tasks), so the equalities above are the broadcast, not a coincidence
+    assert any(not torch.equal(ranks[0]["ends"][0][k], ranks[1]["ends"][0][k]) for k in ranks[0]["ends"][0])
+    assert int(ranks[0]["ends"][2]["steps_taken"]) == 3 * 2 * 2
