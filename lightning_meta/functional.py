@@ -49,7 +49,7 @@ from __future__ import annotations
 import functools
 import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, Literal, NamedTuple, TypeAlias, overload
+from typing import Any, Literal, NamedTuple, TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -197,69 +197,6 @@ def sgd_step(
     return new
 
 
-@overload
-def inner_loop(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    *,
-    loss_fn: LossFn,
-    steps: int,
-    lr: LR,
-    first_order: bool = ...,
-    names: Collection[str] | None = ...,
-    return_all: bool = ...,
-    optimizer: InnerOptimizer | None = ...,
-    batch_size: int | None = ...,
-    state: OptState | None = ...,
-    first_step: int = ...,
-    return_state: Literal[False] = ...,
-) -> Params | list[Params]: ...
-
-
-@overload
-def inner_loop(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    *,
-    loss_fn: LossFn,
-    steps: int,
-    lr: LR,
-    first_order: bool = ...,
-    names: Collection[str] | None = ...,
-    return_all: bool = ...,
-    optimizer: InnerOptimizer | None = ...,
-    batch_size: int | None = ...,
-    state: OptState | None = ...,
-    first_step: int = ...,
-    return_state: Literal[True],
-) -> tuple[Params | list[Params], OptState]: ...
-
-
-@overload
-def inner_loop(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    *,
-    loss_fn: LossFn,
-    steps: int,
-    lr: LR,
-    first_order: bool = ...,
-    names: Collection[str] | None = ...,
-    return_all: bool = ...,
-    optimizer: InnerOptimizer | None = ...,
-    batch_size: int | None = ...,
-    state: OptState | None = ...,
-    first_step: int = ...,
-    return_state: bool,
-) -> Params | list[Params] | tuple[Params | list[Params], OptState]: ...
-
-
 def inner_loop(
     model: nn.Module,
     params: Mapping[str, Tensor],
@@ -359,75 +296,6 @@ def inner_loop(
     else:
         adapted = {**params, **trace[-1]} if trace else dict(params)
     return (adapted, final) if return_state else adapted
-
-
-@overload
-def adapt_batch(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    support_x: Tensor,
-    support_y: Tensor,
-    *,
-    loss_fn: LossFn,
-    steps: int,
-    lr: LR,
-    first_order: bool = ...,
-    names: Collection[str] | None = ...,
-    return_all: bool = ...,
-    strategy: Strategy = ...,
-    compiled: bool = ...,
-    optimizer: InnerOptimizer | None = ...,
-    batch_size: int | None = ...,
-    state: OptState | None = ...,
-    first_step: int = ...,
-    return_state: Literal[False] = ...,
-) -> Params | list[Params]: ...
-
-
-@overload
-def adapt_batch(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    support_x: Tensor,
-    support_y: Tensor,
-    *,
-    loss_fn: LossFn,
-    steps: int,
-    lr: LR,
-    first_order: bool = ...,
-    names: Collection[str] | None = ...,
-    return_all: bool = ...,
-    strategy: Strategy = ...,
-    compiled: bool = ...,
-    optimizer: InnerOptimizer | None = ...,
-    batch_size: int | None = ...,
-    state: OptState | None = ...,
-    first_step: int = ...,
-    return_state: Literal[True],
-) -> tuple[Params | list[Params], OptState]: ...
-
-
-@overload
-def adapt_batch(
-    model: nn.Module,
-    params: Mapping[str, Tensor],
-    support_x: Tensor,
-    support_y: Tensor,
-    *,
-    loss_fn: LossFn,
-    steps: int,
-    lr: LR,
-    first_order: bool = ...,
-    names: Collection[str] | None = ...,
-    return_all: bool = ...,
-    strategy: Strategy = ...,
-    compiled: bool = ...,
-    optimizer: InnerOptimizer | None = ...,
-    batch_size: int | None = ...,
-    state: OptState | None = ...,
-    first_step: int = ...,
-    return_state: bool,
-) -> Params | list[Params] | tuple[Params | list[Params], OptState]: ...
 
 
 def adapt_batch(

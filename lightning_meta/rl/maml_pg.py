@@ -196,12 +196,12 @@ class MAMLPolicyGradient(MetaLearner):
                 first_order=first_order,
                 strategy=self.vectorize,
             )
-        adapted = [
+        adapted: list[Any] = [  # inner_loop returns one dictionary here (no return_all, no return_state)
             functional.inner_loop(self.policy, {name: p[i] for name, p in params.items()}, x[i], y[i],
                                   loss_fn=loss_fn, steps=1, lr=self.inner_lr, first_order=first_order)
             for i in range(x.shape[0])
         ]  # fmt: skip
-        return {name: torch.stack([a[name] for a in adapted]) for name in params}  # type: ignore[call-overload]
+        return {name: torch.stack([a[name] for a in adapted]) for name in params}
 
     def outer_losses(self, params: Mapping[str, Tensor], trajectories: Trajectories) -> Tensor:
         """Each task's policy-gradient loss ``[T]`` of ``trajectories`` under ``params`` (with its graph)."""
